@@ -1,0 +1,284 @@
+"""One place that turns the flat ``params.yaml`` into typed, validated settings.
+
+Every key of ``params.yaml`` is a field of :class:`Params` with its default; an unknown key is an
+error (a typo must not silently fall back to a default). Per-scale keys follow the original's
+naming, ``<name>_high`` / ``<name>_low``; :meth:`Params.scale` gathers them into a
+:class:`ScaleParams` so the code loops over scales instead of keeping a high and a low copy.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+SCALES: tuple[str, ...] = ("high", "low")
+
+DATASETS = ("demo", "c16", "c17", "tcga", "folder")
+SIMILARITIES = ("l2", "cosine", "dot")
+FUSIONS = ("learned", "confidence", "fixed")
+SAVE_POLICIES = ("val_auc", "val_acc", "joint", "train_loss", "last")
+AMP_MODES = ("auto", "bf16", "fp16", "off")
+WANDB_MODES = ("offline", "online", "disabled")
+MODELS = ("recomil", "abmil")
+STORE_DTYPES = ("float16", "float32")
+NONFINITE = ("error", "drop")
+
+
+class ConfigError(ValueError):
+    """A parameter is unknown, has the wrong type, or holds a value out of range."""
+
+
+@dataclass(frozen=True)
+class ScaleParams:
+    """The settings of one magnification branch (the ``*_high`` or ``*_low`` keys)."""
+
+    name: str
+    feat_dim: int | None
+    num_protos: int
+    embed_dim: int
+    similarity_method: str
+    route_topk: int
+    hard: bool
+    use_graph_reducer: bool
+    graph_thresh: float
+    tau_start: float
+    tau_end: float
+    tau_epochs: int
+    outlier_top_p: float
+    outlier_alpha: float
+    gate_in_embed: bool
+    rare_beta: float
+    lambda_ortho: float
+
+
+@dataclass(frozen=True)
+class Params:
+    """All pipeline settings; field names are the ``params.yaml`` keys."""
+
+    # data / ingest
+    dataset: str = "demo"
+    root_dir_high: str = ""
+    root_dir_low: str = ""
+    train_list: str = ""
+    test_csv: str = ""
+    ids_file: str = ""
+    labels_npy: str = ""
+    train_csv: str = ""
+    luad_dir: str = ""
+    lusc_dir: str = ""
+    labels_csv: str = ""
+    feat_dim_high: int | None = None
+    feat_dim_low: int | None = None
+    store_dtype: str = "float16"
+    on_nonfinite: str = "error"
+    # demo cohort
+    demo_seed: int = 7
+    demo_train_slides: int = 48
+    demo_test_slides: int = 32
+    demo_feat_dim: int = 64
+    demo_min_patches: int = 300
+    demo_max_patches: int = 1200
+    demo_tumour_min: float = 0.005
+    demo_tumour_max: float = 0.10
+    demo_sites: int = 3
+    # split
+    seed: int = 2025
+    val_split: float = 0.1
+    no_val: bool = False
+    test_split: float = 0.2
+    folds: int = 0
+    # prototypes
+    num_protos_high: int = 128
+    num_protos_low: int = 128
+    kmeans_batch_size: int = 4096
+    kmeans_max_iter: int = 200
+    kmeans_sample_ratio: float = 1.0
+    kmeans_max_per_slide: int = 0
+    # model
+    model: str = "recomil"
+    embed_dim_high: int = 512
+    embed_dim_low: int = 512
+    num_enhancers: int = 3
+    drop: float = 0.25
+    similarity_method_high: str = "l2"
+    similarity_method_low: str = "l2"
+    route_topk_high: int = 3
+    route_topk_low: int = 3
+    hard_high: bool = False
+    hard_low: bool = False
+    use_graph_reducer_high: bool = False
+    use_graph_reducer_low: bool = False
+    graph_thresh_high: float = 0.15
+    graph_thresh_low: float = 0.15
+    tau_start_high: float = 1.2
+    tau_start_low: float = 1.2
+    tau_end_high: float = 0.7
+    tau_end_low: float = 0.7
+    tau_epochs_high: int = 35
+    tau_epochs_low: int = 35
+    outlier_top_p_high: float = 0.015
+    outlier_top_p_low: float = 0.015
+    outlier_alpha_high: float = 0.2
+    outlier_alpha_low: float = 0.2
+    gate_in_embed_high: bool = False
+    gate_in_embed_low: bool = False
+    gate_at_eval: bool = False
+    rare_beta_high: float = 0.3
+    rare_beta_low: float = 0.3
+    lambda_ortho_high: float = 0.02
+    lambda_ortho_low: float = 0.02
+    ortho_on_projected: bool = False
+    fusion: str = "learned"
+    alpha_init: float = 0.5
+    # training
+    epochs: int = 50
+    lr: float = 1e-4
+    weight_decay: float = 5e-4
+    warmup_epochs: int = 12
+    freeze_protos_epochs: int = 12
+    label_smoothing: float = 0.03
+    class_weight: bool = False
+    grad_clip: float = 1.0
+    patience: int = 10
+    min_delta: float = 0.0
+    save_policy: str = "joint"
+    amp: str = "auto"
+    wandb_mode: str = "offline"
+    wandb_project: str = "recomil"
+    # evaluation
+    bootstrap: int = 1000
+    # derived (not in params.yaml; filled from the data by the stages or by callers)
+    num_classes: int = 2
+
+    def scale(self, name: str) -> ScaleParams:
+        """Gather the ``*_{name}`` keys of one scale (``high`` or ``low``)."""
+        if name not in SCALES:
+            raise ConfigError(f"unknown scale {name!r}; expected one of {SCALES}")
+        values = {f.name: getattr(self, f"{f.name}_{name}") for f in fields(ScaleParams) if f.name != "name"}
+        return ScaleParams(name=name, **values)
+
+    @property
+    def scales(self) -> tuple[str, ...]:
+        """Scales in use: both, or ``("high",)`` when the low scale has no features."""
+        return SCALES if self.feat_dim_low is not None else ("high",)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The flat key/value form (as in ``params.yaml``, plus derived keys)."""
+        return dataclasses.asdict(self)
+
+
+_DERIVED = {"num_classes"}
+_CHOICES = {
+    "dataset": DATASETS,
+    "similarity_method_high": SIMILARITIES,
+    "similarity_method_low": SIMILARITIES,
+    "fusion": FUSIONS,
+    "save_policy": SAVE_POLICIES,
+    "amp": AMP_MODES,
+    "wandb_mode": WANDB_MODES,
+    "model": MODELS,
+    "store_dtype": STORE_DTYPES,
+    "on_nonfinite": NONFINITE,
+}
+
+
+def param_keys() -> list[str]:
+    """The keys that ``params.yaml`` may hold."""
+    return [f.name for f in fields(Params) if f.name not in _DERIVED]
+
+
+def _coerce(key: str, value: Any, default: Any) -> Any:
+    """Check ``value`` against the type of ``default`` (ints accepted for floats)."""
+    if value is None:
+        if key.startswith("feat_dim_"):
+            return None
+        raise ConfigError(f"param {key!r} must not be empty")
+    if isinstance(default, bool) or key in {"no_val", "class_weight", "gate_at_eval", "ortho_on_projected"}:
+        if not isinstance(value, bool):
+            raise ConfigError(f"param {key!r} must be true or false, got {value!r}")
+        return value
+    if key.startswith("feat_dim_") or isinstance(default, int):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"param {key!r} must be an integer, got {value!r}")
+        return value
+    if isinstance(default, float):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"param {key!r} must be a number, got {value!r}")
+        return float(value)
+    if isinstance(default, str):
+        if not isinstance(value, str):
+            raise ConfigError(f"param {key!r} must be a string, got {value!r}")
+        return value
+    return value
+
+
+def _validate(p: Params) -> None:
+    for key, choices in _CHOICES.items():
+        if getattr(p, key) not in choices:
+            raise ConfigError(f"param {key!r} is {getattr(p, key)!r}; expected one of {', '.join(choices)}")
+    positive = ["epochs", "num_enhancers", "num_protos_high", "num_protos_low", "embed_dim_high",
+                "embed_dim_low", "kmeans_batch_size", "kmeans_max_iter", "num_classes"]
+    for key in positive:
+        if getattr(p, key) < 1:
+            raise ConfigError(f"param {key!r} must be at least 1, got {getattr(p, key)}")
+    for key in ["val_split", "test_split", "drop", "label_smoothing"]:
+        if not 0.0 <= getattr(p, key) < 1.0:
+            raise ConfigError(f"param {key!r} must lie in [0, 1), got {getattr(p, key)}")
+    if not 0.0 < p.kmeans_sample_ratio <= 1.0:
+        raise ConfigError(f"param 'kmeans_sample_ratio' must lie in (0, 1], got {p.kmeans_sample_ratio}")
+    if p.folds == 1 or p.folds < 0:
+        raise ConfigError(f"param 'folds' must be 0 (the dataset's own split) or at least 2, got {p.folds}")
+    if p.lr <= 0:
+        raise ConfigError(f"param 'lr' must be positive, got {p.lr}")
+    for s in SCALES:
+        k = getattr(p, f"num_protos_{s}")
+        if p.model == "recomil" and k < 2 ** p.num_enhancers:
+            raise ConfigError(
+                f"param 'num_protos_{s}' is {k}, but {p.num_enhancers} enhancer stages halve it "
+                f"{p.num_enhancers} times; it must be at least {2 ** p.num_enhancers}")
+        if getattr(p, f"route_topk_{s}") < 0:
+            raise ConfigError(f"param 'route_topk_{s}' must be 0 (off) or positive")
+        if not 0.0 <= getattr(p, f"graph_thresh_{s}") <= 1.0:
+            raise ConfigError(f"param 'graph_thresh_{s}' must lie in [0, 1]")
+        if getattr(p, f"tau_start_{s}") <= 0 or getattr(p, f"tau_end_{s}") <= 0:
+            raise ConfigError(f"params 'tau_start_{s}' and 'tau_end_{s}' must be positive")
+
+
+def make_params(values: dict[str, Any] | None = None) -> Params:
+    """Build validated :class:`Params` from a flat dict; missing keys take their defaults.
+
+    Raises:
+        ConfigError: on an unknown key, a wrong type or a bad value.
+    """
+    values = dict(values or {})
+    defaults = Params()
+    known = {f.name for f in fields(Params)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ConfigError(f"unknown param(s): {', '.join(unknown)} (see params.yaml for the valid keys)")
+    kwargs = {k: _coerce(k, v, getattr(defaults, k)) for k, v in values.items()}
+    p = dataclasses.replace(defaults, **kwargs)
+    _validate(p)
+    return p
+
+
+def load_params(path: str | Path = "params.yaml", **overrides: Any) -> Params:
+    """Read ``params.yaml`` (flat keys) and return validated :class:`Params`."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: params file not found") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping of flat keys at the top level")
+    raw.update(overrides)
+    try:
+        return make_params(raw)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None

@@ -1,0 +1,52 @@
+"""Find each slide's feature file in a folder tree, whatever the naming the original allows.
+
+Accepted names (any supported ending, anywhere below the root):
+``{slide_id}_{high|low}_feature_{encoder}.pkl`` (the original), ``{slide_id}.{ext}``,
+``{slide_id}/features.{ext}``.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from recomil.data.errors import DataError
+from recomil.data.readers import SUFFIXES
+
+_SCALED = re.compile(r"^(?P<id>.+)_(?P<scale>high|low)_feature(?:_[A-Za-z0-9]+)?$")
+
+
+def slide_key(path: Path) -> tuple[str, str | None]:
+    """``(slide_id, scale or None)`` from a feature file's path."""
+    stem = path.name[: -len(path.suffix)] if path.suffix else path.name
+    m = _SCALED.match(stem)
+    if m:
+        return m.group("id"), m.group("scale")
+    if stem == "features":
+        return path.parent.name, None
+    return stem, None
+
+
+class FileIndex:
+    """All feature files below ``root``, keyed by slide id and scale."""
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root).expanduser()
+        if not self.root.is_dir():
+            raise DataError(f"{self.root}: feature folder not found")
+        self._files: dict[tuple[str, str | None], Path] = {}
+        for path in sorted(self.root.rglob("*")):
+            if path.suffix.lower() not in SUFFIXES or not path.is_file():
+                continue
+            key = slide_key(path)
+            if key in self._files:
+                raise DataError(f"slide {key[0]!r}: two feature files, {self._files[key]} and {path}")
+            self._files[key] = path
+
+    def find(self, slide_id: str, scale: str) -> Path | None:
+        """The file of ``slide_id`` at ``scale`` (a scale-named file first), or None."""
+        return self._files.get((slide_id, scale)) or self._files.get((slide_id, None))
+
+    def slide_ids(self, scale: str) -> list[str]:
+        """Every slide id with a file usable at ``scale``."""
+        return sorted({sid for (sid, sc) in self._files if sc in (scale, None)})

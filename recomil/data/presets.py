@@ -1,0 +1,238 @@
+"""Dataset presets (the ``dataset`` param): which slides exist, their labels, splits and files.
+
+Each preset returns a :class:`Cohort`: a list of :class:`SlideEntry` (slide id, label name, own
+split if the layout defines one, patient id, one file per scale) and the ordered class names.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from recomil.config import Params
+from recomil.data.discovery import FileIndex
+from recomil.data.errors import DataError
+
+DEMO_DIR = Path("data/demo")
+_POSITIVE = {"1", "tumor", "tumour", "positive", "pos"}
+_NEGATIVE = {"0", "normal", "negative", "neg"}
+_TCGA = {"tcga-luad": "LUAD", "luad": "LUAD", "0": "LUAD", "tcga-lusc": "LUSC", "lusc": "LUSC", "1": "LUSC"}
+
+
+@dataclass
+class SlideEntry:
+    """One slide: ``files`` maps scale name to its feature file."""
+
+    slide_id: str
+    label: str
+    split: str = ""
+    patient_id: str = ""
+    files: dict[str, Path] = field(default_factory=dict)
+
+
+@dataclass
+class Cohort:
+    """The slides of a dataset and its ordered class names (label index = position)."""
+
+    slides: list[SlideEntry]
+    classes: list[str]
+    scales: tuple[str, ...]
+
+
+def _read_csv(path: str | Path, needed: list[str], what: str) -> pd.DataFrame:
+    path = Path(path).expanduser()
+    if not str(path) or not path.is_file():
+        raise DataError(f"{path}: {what} not found")
+    try:
+        df = pd.read_csv(path, dtype=str, keep_default_na=False)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+        raise DataError(f"{path}: not a readable CSV ({exc})") from None
+    df.columns = [c.strip() for c in df.columns]
+    missing = [c for c in needed if c not in df.columns]
+    if missing:
+        raise DataError(f"{path}: {what} lacks column(s) {', '.join(missing)} (has {', '.join(df.columns)})")
+    return df
+
+
+def _binary_label(value: str, where: str) -> str:
+    v = str(value).strip().lower()
+    if v in _POSITIVE:
+        return "tumor"
+    if v in _NEGATIVE:
+        return "normal"
+    raise DataError(f"{where}: unknown label value {value!r} (expected one of "
+                    f"{', '.join(sorted(_POSITIVE | _NEGATIVE))})")
+
+
+def _attach_files(slides: list[SlideEntry], roots: dict[str, str]) -> None:
+    """Find each slide's file per scale; a listed slide without a file is an error."""
+    for scale, root in roots.items():
+        index = FileIndex(root)
+        for s in slides:
+            path = index.find(s.slide_id, scale)
+            if path is None:
+                other = [sc for sc in roots if sc != scale and sc in s.files]
+                extra = f" (it has a {other[0]}-scale file: in dual mode every slide needs both)" if other else ""
+                raise DataError(f"slide {s.slide_id!r}: no {scale}-scale feature file under {index.root}{extra}")
+            s.files[scale] = path
+
+
+def _scale_roots(p: Params) -> dict[str, str]:
+    if not p.root_dir_high:
+        raise DataError(f"dataset {p.dataset!r} needs param 'root_dir_high'")
+    roots = {"high": p.root_dir_high}
+    if p.root_dir_low:
+        roots["low"] = p.root_dir_low
+    return roots
+
+
+def _c16_train_label(path: Path, slide_id: str) -> str:
+    parts = [x.lower() for x in path.parts]
+    if "tumor" in parts:
+        return "tumor"
+    if "normal" in parts:
+        return "normal"
+    token = slide_id.lower().split("_")[0]
+    if token in ("tumor", "normal"):
+        return token
+    raise DataError(f"slide {slide_id!r}: cannot tell its label: it is not under train/tumor or train/normal "
+                    f"and its name does not start with 'tumor_' or 'normal_'")
+
+
+def _c16(p: Params, root_high: str, root_low: str) -> Cohort:
+    roots = {"high": root_high}
+    if root_low:
+        roots["low"] = root_low
+    index = FileIndex(root_high)
+    if p.train_list:
+        path = Path(p.train_list).expanduser()
+        if not path.is_file():
+            raise DataError(f"{path}: train_list not found")
+        train_ids = [_strip_name(line) for line in path.read_text().splitlines() if line.strip()]
+    else:
+        train_ids = [sid for sid in index.slide_ids("high") if index.find(sid, "high") and
+                     "test" not in [x.lower() for x in index.find(sid, "high").parts]]
+    slides = []
+    for sid in train_ids:
+        f = index.find(sid, "high")
+        if f is None:
+            raise DataError(f"slide {sid!r} (train_list): no high-scale feature file under {index.root}")
+        slides.append(SlideEntry(sid, _c16_train_label(f, sid), "train"))
+    if not p.test_csv:
+        raise DataError("dataset 'c16' needs param 'test_csv' (columns slide,label)")
+    df = _read_csv(p.test_csv, [], "test_csv")
+    id_col = "slide" if "slide" in df.columns else "slide_id" if "slide_id" in df.columns else None
+    if id_col is None or "label" not in df.columns:
+        raise DataError(f"{p.test_csv}: test_csv needs columns slide,label (has {', '.join(df.columns)})")
+    for row in df.itertuples(index=False):
+        sid = _strip_name(getattr(row, id_col))
+        slides.append(SlideEntry(sid, _binary_label(row.label, f"{p.test_csv}, slide {sid!r}"), "test"))
+    _attach_files(slides, roots)
+    return Cohort(slides, ["normal", "tumor"], tuple(roots))
+
+
+def _strip_name(name: str) -> str:
+    from recomil.data.discovery import slide_key
+
+    name = name.strip()
+    path = Path(name)
+    return slide_key(path)[0] if path.suffix else slide_key(Path(name + ".x"))[0]
+
+
+def _c17(p: Params) -> Cohort:
+    roots = _scale_roots(p)
+    ids_path, labels_path = Path(p.ids_file).expanduser(), Path(p.labels_npy).expanduser()
+    if not p.ids_file or not ids_path.is_file():
+        raise DataError(f"{ids_path}: ids_file not found (dataset 'c17' needs it)")
+    if not p.labels_npy or not labels_path.is_file():
+        raise DataError(f"{labels_path}: labels_npy not found (dataset 'c17' needs it)")
+    ids = [line.strip() for line in ids_path.read_text().splitlines() if line.strip()]
+    try:
+        labels = np.load(labels_path, allow_pickle=False).reshape(-1)
+    except (ValueError, OSError) as exc:
+        raise DataError(f"{labels_path}: not a plain .npy label array ({exc})") from None
+    if len(labels) != len(ids):
+        raise DataError(f"{labels_path}: {len(labels)} labels for {len(ids)} slide ids in {ids_path}")
+    slides = [SlideEntry(sid, _binary_label(str(int(lab)) if np.issubdtype(labels.dtype, np.number) else lab,
+                                            f"{labels_path}, slide {sid!r}"))
+              for sid, lab in zip(ids, labels)]
+    _attach_files(slides, roots)
+    return Cohort(slides, ["normal", "tumor"], tuple(roots))
+
+
+def _tcga(p: Params) -> Cohort:
+    if not p.train_csv:
+        raise DataError("dataset 'tcga' needs param 'train_csv' (columns slide_id,label)")
+    df = _read_csv(p.train_csv, ["slide_id", "label"], "train_csv")
+    dirs = {"LUAD": p.luad_dir, "LUSC": p.lusc_dir}
+    for name, d in dirs.items():
+        if not d:
+            raise DataError(f"dataset 'tcga' needs param '{name.lower()}_dir'")
+    indexes = {name: FileIndex(d) for name, d in dirs.items()}
+    slides = []
+    for row in df.itertuples(index=False):
+        label = _TCGA.get(str(row.label).strip().lower())
+        if label is None:
+            raise DataError(f"{p.train_csv}, slide {row.slide_id!r}: unknown label value {row.label!r} "
+                            "(expected TCGA-LUAD, TCGA-LUSC, 0 or 1)")
+        path = indexes[label].find(row.slide_id, "high")
+        if path is None:
+            raise DataError(f"slide {row.slide_id!r}: no feature file under {dirs[label]} ({label} folder)")
+        split = getattr(row, "split", "")
+        slides.append(SlideEntry(row.slide_id, label, split, getattr(row, "patient_id", ""), {"high": path}))
+    return Cohort(slides, ["LUAD", "LUSC"], ("high",))
+
+
+def _folder(p: Params) -> Cohort:
+    roots = _scale_roots(p)
+    if not p.labels_csv:
+        raise DataError("dataset 'folder' needs param 'labels_csv' (columns slide_id,label[,split][,patient_id])")
+    df = _read_csv(p.labels_csv, ["slide_id", "label"], "labels_csv")
+    slides = []
+    for row in df.itertuples(index=False):
+        split = str(getattr(row, "split", "")).strip().lower()
+        if split not in ("", "train", "test"):
+            raise DataError(f"{p.labels_csv}, slide {row.slide_id!r}: split must be train or test, got {split!r}")
+        if str(row.label).strip() == "":
+            raise DataError(f"{p.labels_csv}, slide {row.slide_id!r}: empty label")
+        slides.append(SlideEntry(str(row.slide_id).strip(), str(row.label).strip(), split,
+                                 str(getattr(row, "patient_id", "")).strip()))
+    names = sorted({s.label for s in slides})
+    try:
+        names = sorted(names, key=float)
+    except ValueError:
+        pass
+    _attach_files(slides, roots)
+    return Cohort(slides, names, tuple(roots))
+
+
+def load_cohort(p: Params) -> Cohort:
+    """Resolve the ``dataset`` preset into a :class:`Cohort` (labels checked, files found)."""
+    if p.dataset == "demo":
+        cohort = _c16(_demo_params(p), str(DEMO_DIR), str(DEMO_DIR))
+    elif p.dataset == "c16":
+        cohort = _c16(p, p.root_dir_high, p.root_dir_low)
+    elif p.dataset == "c17":
+        cohort = _c17(p)
+    elif p.dataset == "tcga":
+        cohort = _tcga(p)
+    else:
+        cohort = _folder(p)
+    seen: set[str] = set()
+    for s in cohort.slides:
+        if s.slide_id in seen:
+            raise DataError(f"slide {s.slide_id!r}: listed twice (duplicate slide id)")
+        seen.add(s.slide_id)
+    if not cohort.slides:
+        raise DataError(f"dataset {p.dataset!r}: no slides listed")
+    return cohort
+
+
+def _demo_params(p: Params) -> Params:
+    import dataclasses
+
+    return dataclasses.replace(p, train_list=str(DEMO_DIR / "train_list.txt"),
+                               test_csv=str(DEMO_DIR / "test_labels.csv"))

@@ -1,0 +1,178 @@
+"""One ReCo-MIL branch: a single magnification (METHOD.md §1 and §3).
+
+Decisions on the original's quirks (METHOD.md "Decide"), kept here where a reader of the code
+meets them:
+
+* The similarity scale ``s`` is a buffer fixed at 1, as in the original (it never trains).
+* The rarity gate is applied in training only; ``gate_at_eval`` applies it at evaluation too.
+  With ``gate_in_embed`` the gate is computed from ``P`` against ``C`` and scales the projected
+  instances ``P`` (scaling ``X`` would need a second projection for no benefit).
+* ``ortho_on_projected`` computes the orthogonal term on the projected prototypes *with*
+  gradient; the original computed it without one, so that option trained nothing.
+* Fewer prototypes than ``2 ** num_enhancers`` would leave a stage with none: refused at build.
+* Long bags: every enhancer stage is row-wise in ``P`` given ``C``, so large bags are run with
+  activation checkpointing per stage (``checkpoint_min_patches``), which bounds the memory of a
+  100,000-patch bag at the cost of one extra forward of the enhancers.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from recomil.config import ScaleParams
+from recomil.model.attention import GatedAttention
+from recomil.model.orthogonal import orthogonal_loss
+from recomil.model.rarity import rare_prototype_weights, rarity_gate
+from recomil.model.reducers import GraphReducer, MLPReducer
+from recomil.model.similarity import best_similarity, nearest_prototype, similarity
+
+
+class EnhancerStage(nn.Module):
+    """Context recalibration of the instances by the current prototypes (METHOD.md §1.2.1–4)."""
+
+    def __init__(self, embed_dim: int, drop: float) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(embed_dim)
+        self.mlp = nn.Sequential(
+            nn.Linear(embed_dim, embed_dim), nn.ReLU(), nn.Dropout(drop),
+            nn.Linear(embed_dim, embed_dim), nn.Dropout(drop),
+        )
+
+    def forward(self, p: torch.Tensor, c: torch.Tensor, w: torch.Tensor | None, *, method: str, topk: int,
+                temp: torch.Tensor, hard: bool) -> torch.Tensor:
+        """Recalibrate ``p`` ``[N, E]`` by prototypes ``c`` ``[K, E]``; ``w`` ``[K]`` optional weights."""
+        with torch.autocast(device_type=p.device.type, enabled=False):
+            s = similarity(p.float(), c.float(), method)
+            if 0 < topk < s.shape[1]:
+                kth = s.topk(topk, dim=1).values[:, -1:]
+                s = s.masked_fill(s < kth, float("-inf"))
+            a = torch.softmax(s / temp, dim=1)
+            if hard:
+                one_hot = F.one_hot(a.argmax(dim=1), a.shape[1]).to(a.dtype)
+                a = one_hot + a - a.detach()
+            if w is not None:
+                a = a * w[None, :]
+                a = a / (a.sum(dim=1, keepdim=True) + 1e-6)
+        ctx = a.to(c.dtype) @ c
+        p = self.norm(p + ctx.to(p.dtype))
+        return p + self.mlp(p)
+
+
+class ReCoBranch(nn.Module):
+    """ReCo-MIL on one magnification.
+
+    Args:
+        sp: the scale's settings.
+        feat_dim: D of the input features.
+        num_classes: output classes.
+        num_enhancers: L, the number of enhancer stages (prototypes halve after each).
+        drop: dropout everywhere.
+        prototypes: ``[K, D]`` initial raw prototypes (k-means centres), or None for random ones.
+        counts: ``[K]`` k-means cluster counts for the rare weights, or None.
+        gate_at_eval: apply the rarity gate at evaluation too.
+        ortho_on_projected: orthogonal term on projected prototypes ``C`` instead of raw ``Π``.
+    """
+
+    def __init__(self, sp: ScaleParams, feat_dim: int, num_classes: int, num_enhancers: int, drop: float,
+                 prototypes: torch.Tensor | None = None, counts: torch.Tensor | None = None,
+                 gate_at_eval: bool = False, ortho_on_projected: bool = False,
+                 checkpoint_min_patches: int = 16384) -> None:
+        super().__init__()
+        k, e = sp.num_protos, sp.embed_dim
+        if k < 2 ** num_enhancers:
+            raise ValueError(f"scale {sp.name}: {k} prototypes cannot be halved {num_enhancers} times")
+        if prototypes is None:
+            prototypes = torch.randn(k, feat_dim)
+        if tuple(prototypes.shape) != (k, feat_dim):
+            raise ValueError(f"scale {sp.name}: prototypes have shape {tuple(prototypes.shape)}, "
+                             f"expected [{k}, {feat_dim}] (num_protos_{sp.name}, feature width)")
+        self.sp, self.gate_at_eval, self.ortho_on_projected = sp, gate_at_eval, ortho_on_projected
+        self.checkpoint_min_patches = checkpoint_min_patches
+        self.protos = nn.Parameter(prototypes.detach().float().clone())
+        self.proj_x = nn.Sequential(nn.Linear(feat_dim, e), nn.LeakyReLU())
+        self.proj_c = nn.Sequential(nn.Linear(feat_dim, e), nn.LeakyReLU())
+        sizes = [k // 2 ** i for i in range(num_enhancers)]
+        self.stages = nn.ModuleList(EnhancerStage(e, drop) for _ in sizes)
+        self.reducers = nn.ModuleList(
+            GraphReducer(ki, e, sp.graph_thresh, drop) if sp.use_graph_reducer else MLPReducer(ki, drop)
+            for ki in sizes
+        )
+        self.tokens = nn.Sequential(nn.Linear(e, e), nn.ReLU(), nn.Dropout(drop))
+        self.tokens_norm = nn.LayerNorm(e)
+        self.pool = GatedAttention(e, e, drop)
+        self.head = nn.Sequential(nn.Linear(e, e), nn.ReLU(), nn.Dropout(drop), nn.Linear(e, num_classes))
+        self.register_buffer("sim_scale", torch.tensor(1.0))
+        self.register_buffer("tau", torch.tensor(float(sp.tau_start)))
+        w = rare_prototype_weights(counts, sp.rare_beta)
+        if w is not None and w.shape[0] != k:
+            raise ValueError(f"scale {sp.name}: {w.shape[0]} cluster counts for {k} prototypes")
+        self.register_buffer("rare_weights", w if w is not None else torch.ones(k))
+        self.register_buffer("rare_on", torch.tensor(w is not None))
+
+    def set_temperature(self, tau: float) -> None:
+        """Set the routing temperature τ of the current epoch."""
+        self.tau.fill_(float(tau))
+
+    def set_prototypes_frozen(self, frozen: bool) -> None:
+        """Freeze (no gradient) or release the raw prototypes Π."""
+        self.protos.requires_grad_(not frozen)
+
+    def _gate_active(self) -> bool:
+        return (self.training or self.gate_at_eval) and self.sp.outlier_top_p > 0 and self.sp.outlier_alpha > 0
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Classify one bag.
+
+        Args:
+            x: ``[N, D]`` instance features.
+
+        Returns:
+            ``logits`` ``[1, C]``, ``attention`` ``[N]`` (patch share of the pooled attention),
+            ``proto_attention`` ``[K_L]``, ``gate`` ``[N]`` bool (instances the rarity gate
+            boosted), ``assignment`` ``[N]`` (nearest prototype at the first stage).
+        """
+        sp = self.sp
+        gate_mask = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
+        gate_on = self._gate_active()
+        if gate_on and not sp.gate_in_embed:
+            g = rarity_gate(best_similarity(x.detach(), self.protos.detach(), sp.similarity_method),
+                            sp.outlier_top_p, sp.outlier_alpha)
+            gate_mask = g > 1
+            x = x * g[:, None].to(x.dtype)
+        p = self.proj_x(x)
+        c = self.proj_c(self.protos.to(x.dtype))
+        if gate_on and sp.gate_in_embed:
+            g = rarity_gate(best_similarity(p.detach(), c.detach(), sp.similarity_method),
+                            sp.outlier_top_p, sp.outlier_alpha)
+            gate_mask = g > 1
+            p = p * g[:, None].to(p.dtype)
+        with torch.no_grad(), torch.autocast(device_type=x.device.type, enabled=False):
+            assignment = nearest_prototype(p.detach(), c.detach(), sp.similarity_method)
+        w = self.rare_weights if bool(self.rare_on) else None
+        temp = (self.tau * self.sim_scale).clamp_min(1e-6)
+        use_ckpt = self.training and torch.is_grad_enabled() and x.shape[0] >= self.checkpoint_min_patches
+        for stage, reducer in zip(self.stages, self.reducers):
+            kwargs = dict(method=sp.similarity_method, topk=sp.route_topk, temp=temp, hard=sp.hard)
+            if use_ckpt:
+                p = checkpoint(stage, p, c, w, use_reentrant=False, **kwargs)
+            else:
+                p = stage(p, c, w, **kwargs)
+            if w is not None:
+                w = reducer.reduce_weights(w)
+            c = reducer(c)
+        z = torch.cat([p, c.to(p.dtype)], dim=0)
+        z = self.tokens_norm(self.tokens(z))
+        r, alpha = self.pool(z)
+        logits = self.head(r)[None, :]
+        n = x.shape[0]
+        return {"logits": logits, "attention": alpha[:n], "proto_attention": alpha[n:],
+                "gate": gate_mask, "assignment": assignment}
+
+    def ortho_loss(self) -> torch.Tensor:
+        """``L_orth`` of the raw prototypes, or of the projected ones with ``ortho_on_projected``."""
+        protos = self.proj_c(self.protos) if self.ortho_on_projected else self.protos
+        return orthogonal_loss(protos)
+

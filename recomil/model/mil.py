@@ -1,0 +1,67 @@
+"""The classifier users call: one branch per scale, fused when there are two (METHOD.md §2)."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from recomil.model.fusion import DualFusion
+
+
+class MILClassifier(nn.Module):
+    """Single- or dual-scale MIL classifier.
+
+    ``model(x_high, x_low=None)`` with ``[N_high, D_high]`` and ``[N_low, D_low]`` float tensors
+    of one bag returns a dict with ``logits`` ``[1, C]`` and, per scale ``s``, ``attention_s``
+    ``[N_s]``, ``gate_s`` ``[N_s]`` bool, ``logits_s`` ``[1, C]`` (and ``assignment_s`` for
+    ReCo-MIL), plus ``fusion_weight`` in dual mode. Single-scale mode is the high branch alone.
+    """
+
+    def __init__(self, branches: dict[str, nn.Module], fusion: DualFusion | None) -> None:
+        super().__init__()
+        if "high" not in branches:
+            raise ValueError("a high-scale branch is required")
+        if len(branches) > 1 and fusion is None:
+            raise ValueError("two scales need a fusion module")
+        self.branches = nn.ModuleDict(branches)
+        self.fusion = fusion
+
+    @property
+    def scales(self) -> list[str]:
+        """Scale names in forward order (``high`` first)."""
+        return list(self.branches.keys())
+
+    def forward(self, x_high: torch.Tensor, x_low: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """Classify one bag (shapes in the class docstring)."""
+        inputs = {"high": x_high, "low": x_low}
+        if "low" in self.branches and x_low is None:
+            raise ValueError("this model is dual-scale: pass the low-magnification features as x_low")
+        if "low" not in self.branches and x_low is not None:
+            raise ValueError("this model is single-scale: x_low must be None")
+        out: dict[str, torch.Tensor] = {}
+        for name, branch in self.branches.items():
+            x = inputs[name]
+            if x.ndim != 2 or x.shape[0] == 0:
+                raise ValueError(f"x_{name} must be a non-empty [N, D] tensor, got shape {tuple(x.shape)}")
+            res = branch(x)
+            for key, value in res.items():
+                out[f"{key}_{name}"] = value
+        if self.fusion is None:
+            out["logits"] = out["logits_high"].float()
+        else:
+            out["logits"], out["fusion_weight"] = self.fusion(out["logits_high"], out["logits_low"])
+        return out
+
+    def ortho_losses(self) -> dict[str, torch.Tensor]:
+        """The orthogonal term of each scale's prototypes."""
+        return {name: branch.ortho_loss() for name, branch in self.branches.items()}
+
+    def set_temperatures(self, taus: dict[str, float]) -> None:
+        """Set τ per scale."""
+        for name, tau in taus.items():
+            self.branches[name].set_temperature(tau)
+
+    def set_prototypes_frozen(self, frozen: bool) -> None:
+        """Freeze or release the raw prototypes of every scale."""
+        for branch in self.branches.values():
+            branch.set_prototypes_frozen(frozen)

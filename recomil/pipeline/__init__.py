@@ -1,0 +1,1 @@
+"""The work of each DVC stage, as functions (the scripts in ``stages/`` only call these)."""

@@ -1,0 +1,41 @@
+"""Stages ``demo``, ``ingest`` and ``split``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from recomil.config import Params
+from recomil.data.demo import make_demo
+from recomil.data.ingest import ingest
+from recomil.data.store import FeatureStore
+from recomil.pipeline import paths
+from recomil.split import make_splits
+
+
+def run_demo(p: Params, out: Path = paths.DEMO) -> dict[str, int]:
+    """Write the demo cohort."""
+    return make_demo(p, out)
+
+
+def run_ingest(p: Params, out: Path = paths.STORE, progress: bool = True) -> dict[str, Any]:
+    """Build the feature store from the configured dataset."""
+    return ingest(p, out, progress=progress)
+
+
+def run_split(p: Params, store_dir: Path = paths.STORE, out: Path = paths.SPLIT) -> dict[str, Any]:
+    """Write the per-fold train/val/test slide lists."""
+    store = FeatureStore(store_dir)
+    folds = make_splits(store.manifest, p)
+    doc = {"folds": folds, "classes": store.classes}
+    tmp = out.with_name(out.name + ".tmp")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp.write_text(json.dumps(doc, indent=1))
+    tmp.replace(out)
+    return {"folds": len(folds), **{k: [len(f[k]) for f in folds] for k in ("train", "val", "test")}}
+
+
+def load_split(path: Path = paths.SPLIT) -> list[dict[str, list[str]]]:
+    """The folds written by the split stage."""
+    return json.loads(Path(path).read_text())["folds"]

@@ -1,0 +1,101 @@
+"""Stage ``evaluate``: test-set metrics per fold and over folds, predictions, ROC and confusion plots."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from recomil.config import Params
+from recomil.data.store import FeatureStore
+from recomil.evaluation.metrics import bootstrap_auc, classification_metrics, confusion, roc_points
+from recomil.evaluation.predict import predict_bags
+from recomil.pipeline import paths
+from recomil.pipeline.data_stages import load_split
+from recomil.training.bags import BagSet
+from recomil.training.tracking import Tracker
+from recomil.training.trainer import load_model
+
+
+def _aggregate(per_fold: list[dict[str, Any]]) -> dict[str, Any]:
+    """Means over folds with ``_std`` companions (None where any fold is undefined)."""
+    out: dict[str, Any] = {}
+    for key in per_fold[0]:
+        vals = [m.get(key) for m in per_fold]
+        if any(v is None for v in vals):
+            out[key], out[f"{key}_std"] = None, None
+        else:
+            out[key], out[f"{key}_std"] = float(np.mean(vals)), float(np.std(vals))
+    return out
+
+
+def run_evaluate(p: Params) -> dict[str, Any]:
+    """Evaluate each fold's best model on its test slides; write metrics, predictions and plots."""
+    store = FeatureStore(paths.STORE)
+    folds = load_split(paths.SPLIT)
+    classes = store.classes
+    per_fold, frames, all_labels, all_probs = [], [], [], []
+    for k, split in enumerate(folds):
+        model, _, _ = load_model(paths.MODELS / f"fold_{k}" / "best.pt")
+        test = BagSet(store, split["test"])
+        probs, _ = predict_bags(model, (test.bag(j) for j in range(len(test))))
+        m = classification_metrics(test.labels, probs)
+        per_fold.append(m)
+        df = pd.DataFrame({"fold": k, "slide_id": split["test"], "label": [classes[i] for i in test.labels]})
+        for c, name in enumerate(classes):
+            df[f"prob_{name}"] = probs[:, c]
+        df["pred"] = [classes[i] for i in probs.argmax(1)]
+        frames.append(df)
+        all_labels.append(test.labels)
+        all_probs.append(probs)
+    labels, probs = np.concatenate(all_labels), np.concatenate(all_probs)
+    metrics: dict[str, Any] = dict(per_fold[0]) if len(folds) == 1 else _aggregate(per_fold)
+    metrics["auc_ci_low"], metrics["auc_ci_high"] = bootstrap_auc(labels, probs, p.bootstrap, p.seed)
+    metrics["n_test"] = int(len(labels))
+    if len(folds) > 1:
+        metrics["per_fold"] = per_fold
+    for key, value in metrics.items():
+        if value is None and not key.endswith("_std"):
+            print(f"evaluate: metric {key!r} is undefined on this test set (reported as null)", file=sys.stderr)
+    paths.RESULTS.mkdir(parents=True, exist_ok=True)
+    paths.PLOTS.mkdir(parents=True, exist_ok=True)
+    pd.concat(frames).to_csv(paths.PREDICTIONS, index=False)
+    pd.DataFrame(roc_points(labels, probs), columns=["fpr", "tpr", "threshold"]).to_csv(
+        paths.PLOTS / "roc.csv", index=False)
+    cm = confusion(labels, probs)
+    pd.DataFrame([{"actual": classes[i], "predicted": classes[j]} for i in range(len(classes))
+                  for j in range(len(classes)) for _ in range(int(cm[i, j]))],
+                 columns=["actual", "predicted"]).to_csv(paths.PLOTS / "confusion.csv", index=False)
+    _write_json(paths.METRICS, metrics)
+    _log_wandb(p, metrics, labels, probs, classes)
+    return metrics
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2))
+    tmp.replace(path)
+
+
+def _log_wandb(p: Params, metrics: dict[str, Any], labels: np.ndarray, probs: np.ndarray,
+               classes: list[str]) -> None:
+    tracker = Tracker(None, mode=p.wandb_mode, project=p.wandb_project, name="evaluate", group="recomil",
+                      config=p.to_dict(), wandb_dir=paths.WANDB_DIR, job_type="evaluate")
+    try:
+        if tracker.run is not None:
+            import wandb
+
+            values: dict[str, Any] = {f"test/{k}": v for k, v in metrics.items()
+                                      if isinstance(v, (int, float)) and v is not None}
+            values["test/confusion_matrix"] = wandb.plot.confusion_matrix(
+                y_true=labels.tolist(), preds=probs.argmax(1).tolist(), class_names=classes)
+            if len(np.unique(labels)) > 1:
+                values["test/roc"] = wandb.plot.roc_curve(labels.tolist(), probs.tolist(), labels=classes)
+            tracker.log(values)
+            tracker.summary({k: v for k, v in metrics.items() if isinstance(v, (int, float))})
+    finally:
+        tracker.finish()

@@ -1,0 +1,23 @@
+"""Where each stage reads and writes, relative to the project root (mirrors ``dvc.yaml``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+DEMO = Path("data/demo")
+STORE = Path("data/store")
+SPLIT = Path("data/split.json")
+PROTOTYPES = Path("data/prototypes")
+MODELS = Path("models")
+RESULTS = Path("results")
+TRAIN_LOG = RESULTS / "train_log"
+PLOTS = RESULTS / "plots"
+METRICS = RESULTS / "metrics.json"
+PREDICTIONS = RESULTS / "predictions.csv"
+RESUME = Path(".recomil/resume")
+WANDB_DIR = Path(".")
+
+
+def prototype_file(scale: str, fold: int) -> Path:
+    """The k-means output of one scale and fold."""
+    return PROTOTYPES / scale / f"fold_{fold}.npz"

@@ -1,0 +1,71 @@
+"""Stage ``prototypes@<scale>``: per-fold k-means on the training slides of that fold only."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from recomil.config import Params
+from recomil.data.store import FeatureStore
+from recomil.pipeline import paths
+from recomil.pipeline.data_stages import load_split
+from recomil.prototypes.kmeans import minibatch_kmeans, sample_rows
+
+
+def run_prototypes(p: Params, scale: str, store_dir: Path = paths.STORE, split_path: Path = paths.SPLIT,
+                   out_root: Path = paths.PROTOTYPES) -> dict[str, Any]:
+    """Fit ``num_protos_<scale>`` centres per fold; write ``fold_<k>.npz`` and ``summary.json``.
+
+    A scale the dataset does not have (single-scale data, ``low``) writes only a summary saying so.
+    """
+    store = FeatureStore(store_dir)
+    out = out_root / scale
+    tmp = out.with_name(f".{scale}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    summary: dict[str, Any] = {"scale": scale, "present": scale in store.scales, "folds": []}
+    if scale in store.scales:
+        k = p.scale(scale).num_protos
+        offsets, data = store.offsets(scale), store.array(scale)
+        for fold, split in enumerate(load_split(split_path)):
+            bags = [store.position(s) for s in split["train"]]
+            sample, full = sample_rows(offsets, bags, p.kmeans_sample_ratio, p.kmeans_max_per_slide, p.seed + fold)
+            try:
+                res = minibatch_kmeans(data, sample, k, batch_size=p.kmeans_batch_size, max_iter=p.kmeans_max_iter,
+                                       seed=p.seed + fold, count_rows=full)
+            except ValueError as exc:
+                raise ValueError(f"prototypes@{scale}, fold {fold}: {exc} (num_protos_{scale} = {k})") from None
+            np.savez(tmp / f"fold_{fold}.npz", centres=res.centres, counts=res.counts)
+            summary["folds"].append({"fold": fold, "k": k, "dim": int(res.centres.shape[1]),
+                                     "inertia": res.inertia, "reseeded": res.reseeded,
+                                     "instances_fit": res.instances, "instances_counted": int(full.shape[0]),
+                                     "steps": res.steps, "seconds": round(res.seconds, 3)})
+    (tmp / "summary.json").write_text(json.dumps(summary, indent=1))
+    shutil.rmtree(out, ignore_errors=True)
+    tmp.rename(out)
+    return summary
+
+
+def load_prototypes(scales: tuple[str, ...], fold: int, root: Path = paths.PROTOTYPES,
+                    expect: dict[str, tuple[int, int]] | None = None) -> dict[str, dict[str, np.ndarray]]:
+    """Read one fold's centres and counts per scale (``np.load`` without pickles).
+
+    Args:
+        expect: scale -> ``(K, D)`` the model needs; a file that does not fit is an error.
+    """
+    out = {}
+    for scale in scales:
+        path = root / scale / f"fold_{fold}.npz"
+        if not path.is_file():
+            raise ValueError(f"{path}: prototype file missing; run the prototypes@{scale} stage")
+        with np.load(path, allow_pickle=False) as z:
+            centres, counts = z["centres"].astype(np.float32), z["counts"].astype(np.int64)
+        if expect and scale in expect and tuple(centres.shape) != expect[scale]:
+            raise ValueError(f"{path}: prototypes have shape {list(centres.shape)}, but the model needs "
+                             f"{list(expect[scale])} (num_protos_{scale}, feature width)")
+        out[scale] = {"centres": centres, "counts": counts}
+    return out

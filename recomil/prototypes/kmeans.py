@@ -1,0 +1,168 @@
+"""Mini-batch k-means (Sculley 2010) that streams rows from a memory-mapped array.
+
+Memory holds only the row index of the sample (8 bytes per instance), the centres and one
+batch, never a stacked copy of the cohort. Steps:
+
+1. k-means++ seeding on a random subset of ``max(3 * batch_size, 10 * k)`` rows.
+2. Mini-batch updates with per-centre learning rate ``1 / count`` (as scikit-learn), for at most
+   ``max_iter`` passes over the sample, stopped early when the smoothed batch inertia has not
+   improved for 10 steps; centres that have won no instance are re-seeded from the batch
+   instances farthest from their centres.
+3. A streaming pass over all given rows: counts of instances nearest each centre, inertia
+   (mean squared distance), and re-seeding of any centre that is still empty.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+
+@dataclass
+class KMeansResult:
+    """``centres`` ``[K, D]`` float32; ``counts`` ``[K]`` int64; ``inertia`` mean squared distance."""
+
+    centres: np.ndarray
+    counts: np.ndarray
+    inertia: float
+    reseeded: int
+    instances: int
+    steps: int
+    seconds: float
+
+
+def _sqdist(x: torch.Tensor, c: torch.Tensor, c_sq: torch.Tensor) -> torch.Tensor:
+    return ((x * x).sum(1, keepdim=True) + c_sq[None, :] - 2.0 * x @ c.T).clamp_min_(0.0)
+
+
+def _gather(data: np.ndarray, rows: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.asarray(data[np.sort(rows)], dtype=np.float32))
+
+
+def _kmeans_pp(x: torch.Tensor, k: int, gen: torch.Generator) -> torch.Tensor:
+    """Greedy-free k-means++ seeding on ``x`` ``[M, D]`` -> ``[k, D]``."""
+    m = x.shape[0]
+    first = int(torch.randint(m, (1,), generator=gen))
+    centres = [x[first]]
+    d2 = ((x - x[first]) ** 2).sum(1)
+    for _ in range(1, k):
+        probs = d2 / d2.sum() if float(d2.sum()) > 0 else torch.full_like(d2, 1.0 / m)
+        nxt = int(torch.multinomial(probs, 1, generator=gen))
+        centres.append(x[nxt])
+        d2 = torch.minimum(d2, ((x - x[nxt]) ** 2).sum(1))
+    return torch.stack(centres)
+
+
+def minibatch_kmeans(data: np.ndarray, rows: np.ndarray, k: int, *, batch_size: int = 4096,
+                     max_iter: int = 200, seed: int = 0, count_rows: np.ndarray | None = None,
+                     chunk: int = 65536) -> KMeansResult:
+    """Cluster ``data[rows]`` into ``k`` centres.
+
+    Args:
+        data: ``[total, D]`` array (memory-mapped is fine; any float dtype).
+        rows: indices of the instances to fit on.
+        k: number of centres.
+        batch_size: mini-batch size.
+        max_iter: maximum passes over ``rows``.
+        seed: seeds every random choice (same seed, same centres).
+        count_rows: rows to count and score against the final centres (default ``rows``).
+
+    Raises:
+        ValueError: no rows, or fewer rows than ``k``.
+    """
+    t0 = time.perf_counter()
+    rows = np.asarray(rows, dtype=np.int64)
+    n = rows.shape[0]
+    if n == 0:
+        raise ValueError("k-means: no training instances")
+    if n < k:
+        raise ValueError(f"k-means: {k} clusters requested but only {n} training instances available")
+    rng = np.random.default_rng(seed)
+    gen = torch.Generator().manual_seed(seed)
+    init_rows = rng.choice(rows, size=min(n, max(3 * batch_size, 10 * k)), replace=False)
+    centres = _kmeans_pp(_gather(data, init_rows), k, gen)
+    counts = torch.zeros(k)
+    batch = min(batch_size, n)
+    max_steps = max(1, max_iter * math.ceil(n / batch))
+    ewa, best, stale, reseeded, step = None, math.inf, 0, 0, 0
+    for step in range(1, max_steps + 1):
+        x = _gather(data, rng.choice(rows, size=batch, replace=False) if batch < n else rows)
+        d2 = _sqdist(x, centres, (centres * centres).sum(1))
+        mind, assign = d2.min(1)
+        batch_counts = torch.bincount(assign, minlength=k).float()
+        sums = torch.zeros_like(centres).index_add_(0, assign, x)
+        counts += batch_counts
+        hit = batch_counts > 0
+        lr = (batch_counts[hit] / counts[hit])[:, None]
+        centres[hit] = centres[hit] * (1 - lr) + (sums[hit] / batch_counts[hit][:, None]) * lr
+        empty = counts == 0
+        if empty.any():
+            far = torch.argsort(mind, descending=True)[: int(empty.sum())]
+            centres[empty] = x[far]
+            reseeded += int(empty.sum())
+        inertia = float(mind.mean())
+        ewa = inertia if ewa is None else ewa * 0.9 + inertia * 0.1
+        if ewa < best - 1e-7 * abs(best if math.isfinite(best) else 1.0):
+            best, stale = ewa, 0
+        else:
+            stale += 1
+            if stale >= 10:
+                break
+    counts_out, inertia_total, extra = _assign_counts(data, rows if count_rows is None else count_rows,
+                                                      centres, chunk)
+    reseeded += extra
+    return KMeansResult(centres.numpy().astype(np.float32), counts_out, inertia_total, reseeded,
+                        int(n), step, time.perf_counter() - t0)
+
+
+def _assign_counts(data: np.ndarray, rows: np.ndarray, centres: torch.Tensor,
+                   chunk: int) -> tuple[np.ndarray, float, int]:
+    """Nearest-centre counts and mean squared distance over ``rows``; empty centres re-seeded."""
+    k = centres.shape[0]
+    rows = np.sort(np.asarray(rows, dtype=np.int64))
+    reseeded = 0
+    for _ in range(3):
+        counts = torch.zeros(k, dtype=torch.long)
+        total, far_val, far_row = 0.0, [], []
+        c_sq = (centres * centres).sum(1)
+        for start in range(0, rows.shape[0], chunk):
+            r = rows[start:start + chunk]
+            x = torch.from_numpy(np.asarray(data[r], dtype=np.float32))
+            mind, assign = _sqdist(x, centres, c_sq).min(1)
+            counts += torch.bincount(assign, minlength=k)
+            total += float(mind.double().sum())
+            top = torch.topk(mind, min(k, mind.shape[0]))
+            far_val.append(top.values)
+            far_row.append(torch.from_numpy(r)[top.indices])
+        empty = torch.flatnonzero(counts == 0)
+        if len(empty) == 0:
+            break
+        vals, rws = torch.cat(far_val), torch.cat(far_row)
+        pick = rws[torch.argsort(vals, descending=True)[: len(empty)]].numpy()
+        centres[empty] = _gather(data, pick)
+        reseeded += len(empty)
+    return counts.numpy().astype(np.int64), total / max(1, rows.shape[0]), reseeded
+
+
+def sample_rows(offsets: np.ndarray, bag_indices: list[int], ratio: float, max_per_slide: int,
+                seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Rows of the given bags: (sample for fitting, all rows for counting).
+
+    ``ratio`` < 1 keeps ``ceil(n * ratio)`` random rows per slide; ``max_per_slide`` > 0 caps it.
+    """
+    rng = np.random.default_rng(seed)
+    sample, full = [], []
+    for i in bag_indices:
+        lo, hi = int(offsets[i]), int(offsets[i + 1])
+        r = np.arange(lo, hi, dtype=np.int64)
+        full.append(r)
+        m = math.ceil(len(r) * ratio)
+        if max_per_slide > 0:
+            m = min(m, max_per_slide)
+        sample.append(r if m >= len(r) else np.sort(rng.choice(r, size=m, replace=False)))
+    empty = np.zeros(0, np.int64)
+    return (np.concatenate(sample) if sample else empty), (np.concatenate(full) if full else empty)

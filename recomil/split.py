@@ -1,0 +1,80 @@
+"""Partition slides into train / validation / test, per fold, leakage-free.
+
+Stratified by label and grouped by patient (``patient_id``; a slide is its own patient when
+none is known), so no patient appears in two partitions of a fold.
+
+* ``folds: 0``: the dataset's own test split (slides marked ``test``); a dataset without one
+  holds out ``test_split`` of its patients.
+* ``folds: K``: K stratified, patient-grouped folds; fold k tests on the k-th part.
+
+Validation is ``val_split`` of each fold's training patients (none with ``no_val``).
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pandas as pd
+from sklearn.model_selection import StratifiedGroupKFold
+
+from recomil.config import Params
+from recomil.data.errors import DataError
+
+
+def _hold_out(ids: np.ndarray, labels: np.ndarray, groups: np.ndarray, frac: float,
+              seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Split ``ids`` into (rest, held) with about ``frac`` of the patients held, stratified."""
+    n_groups = len(np.unique(groups))
+    if frac <= 0 or n_groups < 2:
+        return ids, ids[:0]
+    n_splits = int(min(max(2, round(1.0 / frac)), n_groups))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        cv = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
+        rest_idx, held_idx = next(cv.split(ids, labels, groups))
+    return ids[rest_idx], ids[held_idx]
+
+
+def make_splits(manifest: pd.DataFrame, p: Params) -> list[dict[str, list[str]]]:
+    """Return one ``{"train": [...], "val": [...], "test": [...]}`` of slide ids per fold."""
+    ids = manifest["slide_id"].to_numpy(dtype=str)
+    labels = manifest["label_index"].to_numpy()
+    groups = manifest["patient_id"].to_numpy(dtype=str)
+    splits = manifest["split"].fillna("").astype(str).str.lower().to_numpy()
+    _check_patients(manifest)
+    parts: list[tuple[np.ndarray, np.ndarray]] = []
+    if p.folds == 0:
+        if (splits == "test").any():
+            parts.append((np.flatnonzero(splits != "test"), np.flatnonzero(splits == "test")))
+        else:
+            rest, held = _hold_out(np.arange(len(ids)), labels, groups, p.test_split, p.seed)
+            parts.append((rest, held))
+    else:
+        n_groups = len(np.unique(groups))
+        if n_groups < p.folds:
+            raise DataError(f"folds is {p.folds} but the cohort has only {n_groups} patients")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            cv = StratifiedGroupKFold(n_splits=p.folds, shuffle=True, random_state=p.seed)
+            parts.extend(cv.split(ids, labels, groups))
+    folds = []
+    for k, (train_idx, test_idx) in enumerate(parts):
+        if p.no_val:
+            fit_idx, val_idx = train_idx, train_idx[:0]
+        else:
+            fit_idx, val_idx = _hold_out(train_idx, labels[train_idx], groups[train_idx], p.val_split, p.seed + k)
+        if len(fit_idx) == 0:
+            raise DataError(f"fold {k}: no training slides")
+        folds.append({"train": sorted(ids[fit_idx].tolist()), "val": sorted(ids[val_idx].tolist()),
+                      "test": sorted(ids[test_idx].tolist())})
+    return folds
+
+
+def _check_patients(manifest: pd.DataFrame) -> None:
+    """A patient whose slides the dataset puts in both its train and its test split is an error."""
+    own = manifest[manifest["split"].isin(["train", "test"])]
+    mixed = own.groupby("patient_id")["split"].nunique()
+    bad = mixed[mixed > 1]
+    if len(bad):
+        raise DataError(f"patient {bad.index[0]!r} has slides in both the train and the test split of the dataset")

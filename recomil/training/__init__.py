@@ -1,0 +1,1 @@
+"""Training: schedules, bag loading, the per-fold training loop, tracking."""

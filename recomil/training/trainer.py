@@ -1,0 +1,211 @@
+"""Train one fold: METHOD.md §4 (schedules, freezing, losses, model selection, early stopping).
+
+Every epoch ends with an atomic resume checkpoint; a run killed mid-way continues from its last
+complete epoch when started again with the same params, data, split and prototypes (checked by
+a fingerprint), and ends exactly as an uninterrupted run: the bag order of epoch ``e`` is drawn
+from ``(seed, fold, e)`` and the torch RNG state is saved with the checkpoint.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import hashlib
+import json
+import math
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from recomil.config import Params
+from recomil.data.store import FeatureStore
+from recomil.evaluation.metrics import auc_score
+from recomil.evaluation.predict import predict_bags
+from recomil.model import build_model
+from recomil.model.mil import MILClassifier
+from recomil.training.bags import BagSet
+from recomil.training.device import autocast_dtype, pick_device
+from recomil.training.schedule import lr_factor, temperature
+from recomil.training.tracking import Tracker
+
+VAL_POLICIES = ("val_auc", "val_acc", "joint")
+
+
+def model_params(p: Params, store: FeatureStore) -> Params:
+    """``p`` completed with the store's feature widths and class count."""
+    return dataclasses.replace(p, feat_dim_high=store.dims["high"], feat_dim_low=store.dims.get("low"),
+                               num_classes=len(store.classes))
+
+
+def class_weights(labels: np.ndarray, num_classes: int) -> torch.Tensor:
+    """``w_c = 1 / (C * p_c)``; for two classes ``w0 = 0.5 / (1 - p)``, ``w1 = 0.5 / p``."""
+    freq = np.bincount(labels, minlength=num_classes) / max(1, len(labels))
+    w = np.where(freq > 0, 1.0 / (num_classes * np.maximum(freq, 1e-12)), 0.0)
+    return torch.tensor(w, dtype=torch.float32)
+
+
+def selection_score(policy: str, val_auc: float | None, val_acc: float | None, train_loss: float) -> float:
+    """Higher is better. ``val_auc`` falls back to accuracy when AUC is undefined; ``joint``
+    counts an undefined AUC as 0; ``train_loss`` is the negated loss; ``last`` always improves."""
+    if policy == "val_auc":
+        return val_auc if val_auc is not None else (val_acc or 0.0)
+    if policy == "val_acc":
+        return val_acc or 0.0
+    if policy == "joint":
+        return ((val_auc or 0.0) + (val_acc or 0.0)) / 2
+    if policy == "train_loss":
+        return -train_loss
+    return math.inf
+
+
+def fingerprint(p: Params, split: dict[str, list[str]], store: FeatureStore,
+                prototypes: dict[str, dict[str, np.ndarray]]) -> str:
+    """Hash of everything a training run depends on (to refuse resuming a different run)."""
+    h = hashlib.sha256(json.dumps([p.to_dict(), split, store.meta], sort_keys=True, default=str).encode())
+    for scale in sorted(prototypes):
+        for key in sorted(prototypes[scale]):
+            h.update(np.ascontiguousarray(prototypes[scale][key]).tobytes())
+    return h.hexdigest()
+
+
+def _atomic_save(obj: Any, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def save_model(path: Path, model: MILClassifier, p: Params, classes: list[str], extra: dict[str, Any]) -> None:
+    """Write a self-describing checkpoint (loadable with ``weights_only=True``)."""
+    _atomic_save({"state_dict": model.state_dict(), "params": p.to_dict(), "classes": classes, **extra}, path)
+
+
+def train_fold(p: Params, store: FeatureStore, split: dict[str, list[str]],
+               prototypes: dict[str, dict[str, np.ndarray]], out_dir: Path, resume_path: Path,
+               tracker: Tracker, fold: int = 0, progress: bool = True) -> dict[str, Any]:
+    """Train on ``split["train"]``, select on ``split["val"]``; write ``out_dir/best.pt``.
+
+    Args:
+        prototypes: scale -> ``{"centres": [K, D], "counts": [K]}`` from the prototypes stage.
+        resume_path: per-epoch state file (resumed when its fingerprint matches).
+
+    Returns:
+        Summary: best epoch, selection score, epochs run, whether early stopping fired.
+    """
+    mp = model_params(p, store)
+    device = pick_device()
+    amp = autocast_dtype(p.amp, device)
+    torch.manual_seed(p.seed + fold)
+    model = build_model(mp, {s: torch.from_numpy(v["centres"]) for s, v in prototypes.items()},
+                        counts={s: torch.from_numpy(v["counts"]) for s, v in prototypes.items()}).to(device)
+    opt = torch.optim.Adam(model.parameters(), lr=p.lr, weight_decay=p.weight_decay)
+    scaler = torch.amp.GradScaler("cuda", enabled=amp == torch.float16)
+    train, val = BagSet(store, split["train"]), BagSet(store, split["val"])
+    weight = class_weights(train.labels, mp.num_classes).to(device) if p.class_weight else None
+    policy = p.save_policy
+    if policy in VAL_POLICIES and len(val) == 0:
+        print(f"train: fold {fold} has no validation slides; save_policy {policy} falls back to 'last'",
+              file=sys.stderr)
+        policy = "last"
+    fp = fingerprint(p, split, store, prototypes)
+    state = {"epoch": 0, "best_score": -math.inf, "best_epoch": 0, "stale": 0, "best_state": None, "rows": []}
+    if resume_path.is_file():
+        saved = torch.load(resume_path, map_location=device, weights_only=True)
+        if saved.get("fingerprint") == fp:
+            model.load_state_dict(saved["model"])
+            opt.load_state_dict(saved["optimizer"])
+            torch.set_rng_state(saved["rng"])
+            state = saved["state"]
+            for row in state["rows"]:
+                tracker.rows.append(row)
+            print(f"train: fold {fold} resumes after epoch {state['epoch']}", file=sys.stderr)
+    stopped_early = False
+    for epoch in range(state["epoch"] + 1, p.epochs + 1):
+        lr = p.lr * lr_factor(epoch, p.warmup_epochs, p.epochs)
+        for g in opt.param_groups:
+            g["lr"] = lr
+        taus = {s: temperature(epoch, mp.scale(s).tau_start, mp.scale(s).tau_end, mp.scale(s).tau_epochs)
+                for s in mp.scales}
+        model.set_temperatures(taus)
+        model.set_prototypes_frozen(epoch <= p.freeze_protos_epochs)
+        model.train()
+        order = np.random.default_rng([p.seed, fold, epoch]).permutation(len(train))
+        sums = {"ce": 0.0, "loss": 0.0, **{f"ortho_{s}": 0.0 for s in mp.scales}}
+        fusion = []
+        bar = tqdm(order, desc=f"fold {fold} epoch {epoch}/{p.epochs}", unit="bag", disable=not progress,
+                   file=sys.stderr, leave=False)
+        for step, j in enumerate(bar, 1):
+            bag = train.bag(int(j), device)
+            y = torch.tensor([int(train.labels[j])], device=device)
+            with torch.autocast(device_type=device.type, dtype=amp or torch.float32, enabled=amp is not None):
+                out = model(bag["high"], bag.get("low"))
+            ce = F.cross_entropy(out["logits"].float(), y, weight=weight, label_smoothing=p.label_smoothing)
+            orth = model.ortho_losses()
+            loss = ce + sum(getattr(p, f"lambda_ortho_{s}") * orth[s] for s in mp.scales)
+            opt.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            if p.grad_clip > 0:
+                scaler.unscale_(opt)
+                torch.nn.utils.clip_grad_norm_(model.parameters(), p.grad_clip)
+            scaler.step(opt)
+            scaler.update()
+            sums["ce"] += float(ce)
+            sums["loss"] += float(loss)
+            for s in mp.scales:
+                sums[f"ortho_{s}"] += float(orth[s])
+            if "fusion_weight" in out:
+                fusion.append(float(out["fusion_weight"]))
+            bar.set_postfix(loss=f"{sums['loss'] / step:.4f}")
+        row: dict[str, Any] = {"epoch": epoch, "lr": lr, **{k: v / max(1, len(train)) for k, v in sums.items()},
+                               **{f"tau_{s}": t for s, t in taus.items()},
+                               "fusion_weight": float(np.mean(fusion)) if fusion else None}
+        val_auc = val_acc = None
+        if len(val):
+            probs, _ = predict_bags(model, (val.bag(j, device) for j in range(len(val))), amp)
+            val_auc = auc_score(val.labels, probs)
+            val_acc = float((probs.argmax(1) == val.labels).mean())
+        row.update(val_auc=val_auc, val_acc=val_acc)
+        score = selection_score(policy, val_auc, val_acc, row["loss"])
+        if policy == "last" or score > state["best_score"] + p.min_delta:
+            state.update(best_score=score, best_epoch=epoch, stale=0,
+                         best_state={k: v.detach().clone() for k, v in model.state_dict().items()})
+        else:
+            state["stale"] += 1
+        row["best_epoch"] = state["best_epoch"]
+        state["epoch"] = epoch
+        state["rows"].append(row)
+        tracker.log_epoch(row)
+        print(f"fold {fold} epoch {epoch}: loss {row['loss']:.4f} val_auc {_fmt(val_auc)} val_acc {_fmt(val_acc)}",
+              file=sys.stderr)
+        _atomic_save({"fingerprint": fp, "model": model.state_dict(), "optimizer": opt.state_dict(),
+                      "rng": torch.get_rng_state(), "state": state}, resume_path)
+        if policy != "last" and state["stale"] >= p.patience:
+            stopped_early = True
+            break
+    best = copy.deepcopy(model)
+    best.load_state_dict(state["best_state"])
+    summary = {"fold": fold, "best_epoch": state["best_epoch"], "best_score": state["best_score"],
+               "epochs_run": state["epoch"], "stopped_early": stopped_early, "save_policy": policy}
+    save_model(out_dir / "best.pt", best, mp, store.classes, {"summary": summary})
+    return summary
+
+
+def _fmt(v: float | None) -> str:
+    return "n/a" if v is None else f"{v:.4f}"
+
+
+def load_model(path: str | Path, device: torch.device | str = "cpu") -> tuple[MILClassifier, Params, list[str]]:
+    """Load a checkpoint written by :func:`save_model` (safely, ``weights_only=True``)."""
+    from recomil.config import make_params
+
+    ckpt = torch.load(path, map_location=device, weights_only=True)
+    p = make_params(ckpt["params"])
+    model = build_model(p)
+    model.load_state_dict(ckpt["state_dict"])
+    return model.to(device).eval(), p, list(ckpt["classes"])

@@ -1,0 +1,6 @@
+"""DVC stage `prototypes`: reads params.yaml, runs recomil's prototypes step, writes its outputs."""
+
+from recomil.cli import stage_main
+
+if __name__ == "__main__":
+    stage_main("prototypes")
