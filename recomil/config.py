@@ -77,11 +77,11 @@ class Params:
     on_nonfinite: str = "error"
     # demo cohort
     demo_seed: int = 7
-    demo_train_slides: int = 48
-    demo_test_slides: int = 32
+    demo_train_slides: int = 40
+    demo_test_slides: int = 24
     demo_feat_dim: int = 64
-    demo_min_patches: int = 300
-    demo_max_patches: int = 1200
+    demo_min_patches: int = 200
+    demo_max_patches: int = 700
     demo_tumour_min: float = 0.005
     demo_tumour_max: float = 0.10
     demo_sites: int = 3
@@ -144,6 +144,7 @@ class Params:
     class_weight: bool = False
     grad_clip: float = 1.0
     patience: int = 10
+    early_stop_after_warmup: bool = True
     min_delta: float = 0.0
     save_policy: str = "joint"
     amp: str = "auto"
@@ -197,7 +198,8 @@ def _coerce(key: str, value: Any, default: Any) -> Any:
         if key.startswith("feat_dim_"):
             return None
         raise ConfigError(f"param {key!r} must not be empty")
-    if isinstance(default, bool) or key in {"no_val", "class_weight", "gate_at_eval", "ortho_on_projected"}:
+    if isinstance(default, bool) or key in {"no_val", "class_weight", "gate_at_eval", "ortho_on_projected",
+                                                      "early_stop_after_warmup"}:
         if not isinstance(value, bool):
             raise ConfigError(f"param {key!r} must be true or false, got {value!r}")
         return value

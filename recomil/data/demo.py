@@ -3,7 +3,8 @@
 Each slide is a blob of tissue on a patch grid (high magnification, 256 px patches at level 0).
 Tissue types form spatial regions (a Voronoi partition), each with its own feature centre; an
 acquisition site adds a slide-wide feature shift. A positive slide carries one contiguous tumour
-region covering ``demo_tumour_min``..``demo_tumour_max`` of its patches (log-uniform). Each
+region covering ``demo_tumour_min``..``demo_tumour_max`` of its patches (log-uniform), whose
+patches form a rare cluster of their own close to one normal tissue type. Each
 low-magnification patch summarises the 2x2 block of high patches it covers (their mean, plus
 noise, seen through a fixed random rotation). Patches are written in random order: the spatial
 structure lives only in ``coords``. Per-patch ground truth is kept for localisation metrics.
@@ -41,7 +42,7 @@ def _tissue_cells(rng: np.random.Generator, n: int) -> np.ndarray:
     return cells[np.argsort(d)[:n]]
 
 
-def _slide(rng: np.random.Generator, p: Params, centres: np.ndarray, tumour_dir: np.ndarray,
+def _slide(rng: np.random.Generator, p: Params, centres: np.ndarray, tumour_centre: np.ndarray,
            site_shift: np.ndarray, low_rot: np.ndarray, positive: bool) -> dict[str, np.ndarray]:
     n = int(rng.integers(p.demo_min_patches, p.demo_max_patches + 1))
     cells = _tissue_cells(rng, n)
@@ -59,7 +60,7 @@ def _slide(rng: np.random.Generator, p: Params, centres: np.ndarray, tumour_dir:
         start = cells[rng.integers(n)]
         dist = ((cells - start) ** 2).sum(-1) + rng.uniform(0, 0.5, size=n)
         tumour[np.argsort(dist)[:m]] = True
-        feats[tumour] += tumour_dir + rng.normal(0, 0.5, size=(m, d))
+        feats[tumour] = tumour_centre + site_shift + rng.normal(0, 1.0, size=(m, d))
     # low magnification: 2x2 blocks of high patches
     blocks = cells // 2
     keys, inverse = np.unique(blocks, axis=0, return_inverse=True)
@@ -89,9 +90,10 @@ def make_demo(p: Params, out_dir: str | Path) -> dict[str, int]:
     rng = np.random.default_rng(p.demo_seed)
     d = p.demo_feat_dim
     centres = rng.normal(0, 1.0, size=(8, d)) * 1.5
+    # tumour: a rare cluster of its own, 6 noise-SDs away from the nearest normal tissue type
     tumour_dir = rng.normal(0, 1.0, size=d)
-    tumour_dir *= 3.0 / np.linalg.norm(tumour_dir)
-    site_shifts = rng.normal(0, 0.75, size=(p.demo_sites, d))
+    tumour_centre = centres[0] + tumour_dir * (6.0 / np.linalg.norm(tumour_dir))
+    site_shifts = rng.normal(0, 0.3, size=(p.demo_sites, d))
     low_rot, _ = np.linalg.qr(rng.normal(size=(d, d)))
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
@@ -113,7 +115,7 @@ def make_demo(p: Params, out_dir: str | Path) -> dict[str, int]:
                 folder = tmp / "test"
                 test_rows.append((sid, 1 if positive else 0))
             site = int(rng.integers(p.demo_sites))
-            s = _slide(rng, p, centres, tumour_dir, site_shifts[site], low_rot, positive)
+            s = _slide(rng, p, centres, tumour_centre, site_shifts[site], low_rot, positive)
             for scale in ("high", "low"):
                 order = rng.permutation(s[scale].shape[0])
                 _write_pkl(folder / f"{sid}_{scale}_feature_ctrans.pkl", s[scale][order], s[f"{scale}_coords"][order])

@@ -48,7 +48,7 @@ def ingest(p: Params, out_dir: str | Path, *, progress: bool = True) -> dict[str
     try:
         dims: dict[str, int] = {}
         first_file: dict[str, Path] = {}
-        for s in tqdm(cohort.slides, desc="ingest", unit="slide", disable=not progress, file=sys.stderr):
+        for s in tqdm(cohort.slides, desc="ingest", unit="slide", disable=None if progress else True, file=sys.stderr):
             bags = {}
             for scale in cohort.scales:
                 path = s.files[scale]

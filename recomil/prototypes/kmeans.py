@@ -125,7 +125,7 @@ def _assign_counts(data: np.ndarray, rows: np.ndarray, centres: torch.Tensor,
     k = centres.shape[0]
     rows = np.sort(np.asarray(rows, dtype=np.int64))
     reseeded = 0
-    for _ in range(3):
+    for attempt in range(4):
         counts = torch.zeros(k, dtype=torch.long)
         total, far_val, far_row = 0.0, [], []
         c_sq = (centres * centres).sum(1)
@@ -138,12 +138,12 @@ def _assign_counts(data: np.ndarray, rows: np.ndarray, centres: torch.Tensor,
             top = torch.topk(mind, min(k, mind.shape[0]))
             far_val.append(top.values)
             far_row.append(torch.from_numpy(r)[top.indices])
-        empty = torch.flatnonzero(counts == 0)
-        if len(empty) == 0:
+        empty = torch.nonzero(counts == 0).flatten()
+        if len(empty) == 0 or attempt == 3:
             break
         vals, rws = torch.cat(far_val), torch.cat(far_row)
         pick = rws[torch.argsort(vals, descending=True)[: len(empty)]].numpy()
-        centres[empty] = _gather(data, pick)
+        centres[empty] = torch.from_numpy(np.asarray(data[pick], dtype=np.float32))
         reseeded += len(empty)
     return counts.numpy().astype(np.int64), total / max(1, rows.shape[0]), reseeded
 

@@ -1,5 +1,10 @@
 """Train one fold: METHOD.md §4 (schedules, freezing, losses, model selection, early stopping).
 
+Beyond the original (one param away): with ``early_stop_after_warmup`` (default) the patience
+counter starts only after the warm-up and the prototype freezing, because a validation score
+taken while the learning rate is still ramping up and the prototypes are frozen says little
+about the model; ``early_stop_after_warmup: false`` restores the original's behaviour.
+
 Every epoch ends with an atomic resume checkpoint; a run killed mid-way continues from its last
 complete epoch when started again with the same params, data, split and prototypes (checked by
 a fingerprint), and ends exactly as an uninterrupted run: the bag order of epoch ``e`` is drawn
@@ -138,7 +143,7 @@ def train_fold(p: Params, store: FeatureStore, split: dict[str, list[str]],
         order = np.random.default_rng([p.seed, fold, epoch]).permutation(len(train))
         sums = {"ce": 0.0, "loss": 0.0, **{f"ortho_{s}": 0.0 for s in mp.scales}}
         fusion = []
-        bar = tqdm(order, desc=f"fold {fold} epoch {epoch}/{p.epochs}", unit="bag", disable=not progress,
+        bar = tqdm(order, desc=f"fold {fold} epoch {epoch}/{p.epochs}", unit="bag", disable=None if progress else True,
                    file=sys.stderr, leave=False)
         for step, j in enumerate(bar, 1):
             bag = train.bag(int(j), device)
@@ -155,10 +160,10 @@ def train_fold(p: Params, store: FeatureStore, split: dict[str, list[str]],
                 torch.nn.utils.clip_grad_norm_(model.parameters(), p.grad_clip)
             scaler.step(opt)
             scaler.update()
-            sums["ce"] += float(ce)
-            sums["loss"] += float(loss)
+            sums["ce"] += ce.item()
+            sums["loss"] += loss.item()
             for s in mp.scales:
-                sums[f"ortho_{s}"] += float(orth[s])
+                sums[f"ortho_{s}"] += orth[s].item()
             if "fusion_weight" in out:
                 fusion.append(float(out["fusion_weight"]))
             bar.set_postfix(loss=f"{sums['loss'] / step:.4f}")
@@ -175,7 +180,7 @@ def train_fold(p: Params, store: FeatureStore, split: dict[str, list[str]],
         if policy == "last" or score > state["best_score"] + p.min_delta:
             state.update(best_score=score, best_epoch=epoch, stale=0,
                          best_state={k: v.detach().clone() for k, v in model.state_dict().items()})
-        else:
+        elif not p.early_stop_after_warmup or epoch > max(p.warmup_epochs, p.freeze_protos_epochs):
             state["stale"] += 1
         row["best_epoch"] = state["best_epoch"]
         state["epoch"] = epoch

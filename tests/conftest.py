@@ -1,0 +1,40 @@
+"""Shared fixtures: tiny params and a tiny demo project directory."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from recomil.config import make_params
+
+TINY = {
+    "demo_train_slides": 12, "demo_test_slides": 8, "demo_feat_dim": 16, "demo_min_patches": 60,
+    "demo_max_patches": 120, "num_protos_high": 16, "num_protos_low": 8, "embed_dim_high": 32,
+    "embed_dim_low": 32, "kmeans_max_iter": 5, "kmeans_batch_size": 256, "epochs": 3, "warmup_epochs": 1,
+    "freeze_protos_epochs": 1, "tau_epochs_high": 2, "tau_epochs_low": 2, "bootstrap": 50,
+    "wandb_mode": "disabled", "val_split": 0.25,
+}
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True)
+def _threads() -> None:
+    torch.set_num_threads(2)
+    os.environ.setdefault("WANDB_SILENT", "true")
+
+
+@pytest.fixture
+def tiny_params():
+    """Small, fast params for stage tests."""
+    return make_params(TINY)
+
+
+@pytest.fixture
+def project(tmp_path, monkeypatch):
+    """An empty project directory as the working directory."""
+    monkeypatch.chdir(tmp_path)
+    return tmp_path

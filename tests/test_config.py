@@ -1,0 +1,44 @@
+from pathlib import Path
+
+import pytest
+import yaml
+
+from recomil.config import ConfigError, Params, load_params, make_params, param_keys
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_params_yaml_holds_exactly_the_known_keys_with_their_defaults():
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    assert set(raw) == set(param_keys())
+    assert load_params(REPO / "params.yaml") == Params()
+
+
+def test_every_param_is_declared_by_a_dvc_stage():
+    dvc = yaml.safe_load((REPO / "dvc.yaml").read_text())
+    declared = set()
+    for stage in dvc["stages"].values():
+        body = stage.get("do", stage)
+        for key in body.get("params", []):
+            declared |= {key.replace("${item}", s) for s in ("high", "low")}
+    assert set(param_keys()) <= declared
+
+
+def test_unknown_key_is_refused():
+    with pytest.raises(ConfigError, match="outlier_alpha_hgh"):
+        make_params({"outlier_alpha_hgh": 0.3})
+
+
+@pytest.mark.parametrize("key,value", [("fusion", "mean"), ("epochs", 0), ("lr", "fast"), ("folds", 1),
+                                       ("num_protos_high", 4), ("no_val", "yes")])
+def test_bad_values_are_refused(key, value):
+    with pytest.raises(ConfigError, match=key):
+        make_params({key: value})
+
+
+def test_scale_view_gathers_the_suffixed_keys():
+    p = make_params({"outlier_alpha_low": 0.7, "feat_dim_low": 12})
+    assert p.scale("low").outlier_alpha == 0.7
+    assert p.scale("high").outlier_alpha == 0.2
+    assert p.scales == ("high", "low")
+    assert make_params({}).scales == ("high",)
