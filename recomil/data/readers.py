@@ -15,6 +15,7 @@ Formats (detected by file ending):
 
 from __future__ import annotations
 
+import pickle
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -110,7 +111,7 @@ def _read_pt(path: Path) -> Bag:
 
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
-    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError) as exc:
+    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError, pickle.UnpicklingError) as exc:
         msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise DataError(f"{path}: unreadable, corrupt or unsafe .pt file ({msg})") from None
     if isinstance(obj, torch.Tensor):

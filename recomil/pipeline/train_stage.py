@@ -12,8 +12,8 @@ from recomil.data.store import FeatureStore
 from recomil.pipeline import paths
 from recomil.pipeline.data_stages import load_split
 from recomil.pipeline.prototypes_stage import load_prototypes
-from recomil.training.trainer import train_fold
 from recomil.training.tracking import Tracker
+from recomil.training.trainer import train_fold
 
 
 def run_train(p: Params, progress: bool = True) -> dict[str, Any]:

@@ -88,8 +88,9 @@ def minibatch_kmeans(data: np.ndarray, rows: np.ndarray, k: int, *, batch_size: 
     counts = torch.zeros(k)
     batch = min(batch_size, n)
     max_steps = max(1, max_iter * math.ceil(n / batch))
-    ewa, best, stale, reseeded, step = None, math.inf, 0, 0, 0
-    for step in range(1, max_steps + 1):
+    ewa, best, stale, reseeded, steps = None, math.inf, 0, 0, 0
+    while steps < max_steps:
+        steps += 1
         x = _gather(data, rng.choice(rows, size=batch, replace=False) if batch < n else rows)
         d2 = _sqdist(x, centres, (centres * centres).sum(1))
         mind, assign = d2.min(1)
@@ -116,7 +117,7 @@ def minibatch_kmeans(data: np.ndarray, rows: np.ndarray, k: int, *, batch_size: 
                                                       centres, chunk)
     reseeded += extra
     return KMeansResult(centres.numpy().astype(np.float32), counts_out, inertia_total, reseeded,
-                        int(n), step, time.perf_counter() - t0)
+                        int(n), steps, time.perf_counter() - t0)
 
 
 def _assign_counts(data: np.ndarray, rows: np.ndarray, centres: torch.Tensor,

@@ -165,7 +165,7 @@ def train_fold(p: Params, store: FeatureStore, split: dict[str, list[str]],
             for s in mp.scales:
                 sums[f"ortho_{s}"] += orth[s].item()
             if "fusion_weight" in out:
-                fusion.append(float(out["fusion_weight"]))
+                fusion.append(out["fusion_weight"].item())
             bar.set_postfix(loss=f"{sums['loss'] / step:.4f}")
         row: dict[str, Any] = {"epoch": epoch, "lr": lr, **{k: v / max(1, len(train)) for k, v in sums.items()},
                                **{f"tau_{s}": t for s, t in taus.items()},

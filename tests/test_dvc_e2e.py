@@ -1,0 +1,79 @@
+"""End to end: the real `dvc repro` in a temporary git repository, with tiny params."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.conftest import REPO, TINY
+
+pytestmark = pytest.mark.slow
+
+
+def _run(cmd, cwd, env):
+    res = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
+    assert res.returncode == 0, f"{' '.join(cmd)} failed:\n{res.stdout[-3000:]}\n{res.stderr[-3000:]}"
+    return res.stdout + res.stderr
+
+
+def _ran(output):
+    return {line.split("'")[1] for line in output.splitlines() if line.startswith("Running stage '")}
+
+
+@pytest.fixture
+def repo(tmp_path):
+    files = subprocess.run(["git", "ls-files"], cwd=REPO, capture_output=True, text=True, check=True).stdout.split()
+    dest = tmp_path / "proj"
+    for f in files:
+        if f == "dvc.lock" or not (REPO / f).is_file():
+            continue
+        (dest / f).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(REPO / f, dest / f)
+    params = yaml.safe_load((dest / "params.yaml").read_text())
+    params.update({**TINY, "wandb_mode": "offline"})
+    (dest / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+           "WANDB_SILENT": "true", "DVC_NO_ANALYTICS": "1", "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t",
+           "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t"}
+    for cmd in (["git", "init", "-q", "-b", "main"], ["git", "add", "-A"], ["git", "commit", "-qm", "init"]):
+        _run(cmd, dest, env)
+    return dest, env
+
+
+def test_repro_noop_and_experiments(repo):
+    dest, env = repo
+    out = _run(["dvc", "repro"], dest, env)
+    assert _ran(out) == {"demo", "ingest", "split", "prototypes@high", "prototypes@low", "train", "evaluate"}
+    metrics = json.loads((dest / "results/metrics.json").read_text())
+    assert {"auc", "acc", "balanced_acc", "f1"} <= set(metrics)
+    assert list((dest / "wandb").glob("offline-run-*"))
+    _run(["git", "add", "-A"], dest, env)
+    _run(["git", "commit", "-qm", "baseline"], dest, env)
+
+    assert _ran(_run(["dvc", "repro"], dest, env)) == set()
+
+    out = _run(["dvc", "exp", "run", "-S", "outlier_alpha_high=0.3"], dest, env)
+    assert _ran(out) == {"train", "evaluate"}
+    out = _run(["dvc", "exp", "run", "-S", "num_protos_low=16"], dest, env)
+    assert _ran(out) == {"prototypes@low", "train", "evaluate"}
+    diff = _run(["dvc", "metrics", "diff", "--all", "--json"], dest, env)
+    assert "results/metrics.json" in diff and "auc" in diff
+    shown = _run(["dvc", "plots", "show", "--json"], dest, env)
+    assert "roc.csv" in shown and "confusion.csv" in shown and "train_log" in shown
+
+
+def test_bad_input_fails_the_stage_with_one_clear_line(repo):
+    dest, env = repo
+    params = yaml.safe_load((dest / "params.yaml").read_text())
+    params.update({"dataset": "folder", "root_dir_high": str(dest / "nowhere"), "labels_csv": str(dest / "x.csv")})
+    (dest / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    res = subprocess.run([sys.executable, "stages/ingest.py"], cwd=dest, env=env, capture_output=True, text=True)
+    assert res.returncode == 1
+    assert res.stderr.strip().splitlines()[-1].startswith("error: ingest:")
+    assert "x.csv" in res.stderr and "Traceback" not in res.stderr
+    assert not (dest / "data/store").exists()

@@ -1,0 +1,64 @@
+"""Streaming k-means: determinism, leakage, errors, counts."""
+
+import numpy as np
+import pytest
+
+from recomil.prototypes.kmeans import minibatch_kmeans, sample_rows
+
+
+def _blobs(n_per=200, k=5, d=8, seed=0):
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(0, 10, size=(k, d))
+    x = np.concatenate([c + rng.normal(size=(n_per, d)) for c in centres]).astype(np.float32)
+    return x, centres
+
+
+def test_same_seed_same_centres_and_counts_sum():
+    x, _ = _blobs()
+    rows = np.arange(len(x))
+    a = minibatch_kmeans(x, rows, 5, batch_size=128, max_iter=20, seed=3)
+    b = minibatch_kmeans(x, rows, 5, batch_size=128, max_iter=20, seed=3)
+    np.testing.assert_array_equal(a.centres, b.centres)
+    assert a.counts.sum() == len(x) and a.centres.dtype == np.float32
+
+
+def test_recovers_well_separated_clusters():
+    x, centres = _blobs()
+    res = minibatch_kmeans(x, np.arange(len(x)), 5, batch_size=256, max_iter=50, seed=0)
+    dist = np.linalg.norm(res.centres[:, None] - centres[None], axis=-1)
+    assert (dist.min(1) < 0.5).all()
+    assert sorted(res.counts.tolist()) == [200] * 5
+
+
+def test_no_centre_lands_on_a_cluster_only_in_test_slides():
+    """Fit on training rows only: a planted cluster present only in test rows gets no centre."""
+    x, _ = _blobs(k=4)
+    planted = (np.random.default_rng(1).normal(size=(300, 8)) + 200.0).astype(np.float32)
+    data = np.concatenate([x, planted])
+    offsets = np.array([0, 400, 800, len(data)])  # bags 0, 1 train; bag 2 test
+    sample, full = sample_rows(offsets, [0, 1], 1.0, 0, seed=0)
+    res = minibatch_kmeans(data, sample, 6, batch_size=128, max_iter=20, seed=0, count_rows=full)
+    assert np.linalg.norm(res.centres - 200.0, axis=1).min() > 50
+    assert res.counts.sum() == 800
+
+
+def test_sampling_per_slide():
+    offsets = np.array([0, 100, 110])
+    sample, full = sample_rows(offsets, [0, 1], 0.5, 20, seed=0)
+    assert len(full) == 110 and len(sample) == 20 + 5
+    assert set(sample) <= set(full)
+
+
+def test_errors():
+    x, _ = _blobs(n_per=2, k=2)
+    with pytest.raises(ValueError, match="no training instances"):
+        minibatch_kmeans(x, np.array([], dtype=np.int64), 2)
+    with pytest.raises(ValueError, match="only 4 training instances"):
+        minibatch_kmeans(x, np.arange(4), 8)
+
+
+def test_empty_clusters_are_reseeded():
+    x = np.concatenate([np.zeros((50, 2)), np.ones((50, 2)) * 10]).astype(np.float32)
+    x += np.random.default_rng(0).normal(0, 0.01, size=x.shape).astype(np.float32)
+    res = minibatch_kmeans(x, np.arange(100), 4, batch_size=32, max_iter=10, seed=0)
+    assert (res.counts > 0).all()

@@ -1,0 +1,106 @@
+"""Each stage on tiny data, in a temporary project directory; determinism and resume."""
+
+import dataclasses
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from recomil.data.store import FeatureStore
+from recomil.pipeline import data_stages, evaluate_stage, paths, prototypes_stage, train_stage
+from recomil.training.tracking import Tracker
+
+
+def _prepare(p):
+    data_stages.run_demo(p)
+    data_stages.run_ingest(p, progress=False)
+    data_stages.run_split(p)
+    for scale in ("high", "low"):
+        prototypes_stage.run_prototypes(p, scale)
+
+
+def test_stages_write_their_outputs(project, tiny_params):
+    p = dataclasses.replace(tiny_params, wandb_mode="offline")
+    _prepare(p)
+    store = FeatureStore(paths.STORE)
+    assert len(store) == 20 and store.scales == ("high", "low")
+    split = json.loads(paths.SPLIT.read_text())["folds"][0]
+    assert len(split["test"]) == 8 and not set(split["test"]) & set(split["train"] + split["val"])
+    with np.load(paths.prototype_file("low", 0)) as z:
+        assert z["centres"].shape == (8, 16)
+        train_rows = sum(store.sizes("low")[store.position(s)] for s in split["train"])
+        assert z["counts"].sum() == train_rows
+    train_stage.run_train(p, progress=False)
+    log = pd.read_csv(paths.TRAIN_LOG / "fold_0.csv")
+    assert list(log["epoch"]) == [1, 2, 3]
+    for col in ("ce", "ortho_high", "ortho_low", "loss", "lr", "tau_high", "tau_low", "fusion_weight", "val_auc",
+                "val_acc"):
+        assert col in log.columns
+    metrics = evaluate_stage.run_evaluate(p)
+    saved = json.loads(paths.METRICS.read_text())
+    for key in ("auc", "acc", "balanced_acc", "f1", "sensitivity", "specificity", "auc_ci_low", "auc_ci_high"):
+        assert key in saved
+    assert saved["acc"] == metrics["acc"]
+    preds = pd.read_csv(paths.PREDICTIONS)
+    assert list(preds.columns) == ["fold", "slide_id", "label", "prob_normal", "prob_tumor", "pred"]
+    np.testing.assert_allclose(preds[["prob_normal", "prob_tumor"]].sum(axis=1), 1.0, rtol=1e-6)
+    assert (paths.PLOTS / "roc.csv").is_file() and len(pd.read_csv(paths.PLOTS / "confusion.csv")) == 8
+    assert list((project / "wandb").glob("offline-run-*")), "wandb offline run directory missing"
+
+
+def test_training_is_deterministic_and_resumes_exactly(project, tiny_params, monkeypatch):
+    p = tiny_params
+    _prepare(p)
+    train_stage.run_train(p, progress=False)
+    first = evaluate_stage.run_evaluate(p)
+    first_preds = pd.read_csv(paths.PREDICTIONS)
+
+    class Killed(Exception):
+        pass
+
+    original = Tracker.log_epoch
+
+    def dies_in_epoch_3(self, row):
+        if row["epoch"] == 3:
+            raise Killed
+        original(self, row)
+
+    monkeypatch.setattr(Tracker, "log_epoch", dies_in_epoch_3)
+    with pytest.raises(Killed):
+        train_stage.run_train(p, progress=False)
+    assert (paths.RESUME / "fold_0.pt").is_file()
+    monkeypatch.setattr(Tracker, "log_epoch", original)
+    train_stage.run_train(p, progress=False)
+    log = pd.read_csv(paths.TRAIN_LOG / "fold_0.csv")
+    assert list(log["epoch"]) == [1, 2, 3]
+    second = evaluate_stage.run_evaluate(p)
+    assert first == second
+    pd.testing.assert_frame_equal(first_preds, pd.read_csv(paths.PREDICTIONS))
+    assert not (paths.RESUME / "fold_0.pt").exists()
+
+
+def test_single_scale_folder_and_abmil(project, tiny_params, tmp_path):
+    root = tmp_path / "bags"
+    root.mkdir()
+    rng = np.random.default_rng(0)
+    rows = ["slide_id,label"]
+    for i in range(16):
+        x = rng.normal(size=(int(rng.integers(3, 9)), 6)).astype(np.float32)
+        x[0] += 3.0 * (i % 2)
+        np.save(root / f"b{i}.npy", x)
+        rows.append(f"b{i},{i % 2}")
+    (tmp_path / "labels.csv").write_text("\n".join(rows))
+    base = dataclasses.replace(tiny_params, dataset="folder", root_dir_high=str(root),
+                               labels_csv=str(tmp_path / "labels.csv"), num_protos_high=8, folds=2)
+    for model in ("recomil", "abmil"):
+        p = dataclasses.replace(base, model=model)
+        data_stages.run_ingest(p, progress=False)
+        data_stages.run_split(p)
+        for scale in ("high", "low"):
+            prototypes_stage.run_prototypes(p, scale)
+        assert json.loads((paths.PROTOTYPES / "low" / "summary.json").read_text())["present"] is False
+        train_stage.run_train(p, progress=False)
+        metrics = evaluate_stage.run_evaluate(p)
+        assert "auc_std" in metrics and len(metrics["per_fold"]) == 2
+        assert metrics["n_test"] == 16
