@@ -54,10 +54,38 @@ def main(argv: list[str] | None = None) -> int:
     st.add_argument("name", choices=["demo", "ingest", "split", "prototypes", "train", "evaluate"])
     st.add_argument("args", nargs="*", help="stage arguments (the scale for prototypes)")
     st.add_argument("--params", default="params.yaml")
+    pr = sub.add_parser("predict", help="score new, unlabelled slides with a trained model")
+    pr.add_argument("--model", required=True, help="trained model directory (models/) or a best.pt file")
+    pr.add_argument("--features", required=True, nargs="+", help="feature folders or files (high scale)")
+    pr.add_argument("--features-low", nargs="+", default=None,
+                    help="low-scale folders or files (default: look in --features for *_low_* files)")
+    pr.add_argument("--out", required=True, help="output CSV of per-slide probabilities")
+    pr.add_argument("--topk", type=int, default=0, help="also write each slide's N most attended patches")
     args = parser.parse_args(argv)
     if args.command == "stage":
         return run_stage(args.name, *args.args, params_path=args.params)
-    return 2
+    return _predict(args)
+
+
+def _predict(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from recomil.evaluation.new_slides import predict_slides
+
+    try:
+        probs, top = predict_slides(args.model, args.features, args.features_low, args.topk)
+    except _EXPECTED as exc:
+        print(f"error: predict: {exc}", file=sys.stderr)
+        return 1
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    probs.to_csv(out, index=False)
+    print(f"predict: {len(probs)} slide(s) -> {out}")
+    if top is not None:
+        top_path = out.with_name(out.stem + "_topk.csv")
+        top.to_csv(top_path, index=False)
+        print(f"predict: top-{args.topk} attended patches -> {top_path}")
+    return 0
 
 
 if __name__ == "__main__":

@@ -104,3 +104,21 @@ def test_single_scale_folder_and_abmil(project, tiny_params, tmp_path):
         metrics = evaluate_stage.run_evaluate(p)
         assert "auc_std" in metrics and len(metrics["per_fold"]) == 2
         assert metrics["n_test"] == 16
+
+
+def test_predict_reproduces_evaluate_on_held_out_slides(project, tiny_params, tmp_path):
+    from recomil.cli import main
+
+    _prepare(tiny_params)
+    train_stage.run_train(tiny_params, progress=False)
+    evaluate_stage.run_evaluate(tiny_params)
+    out = tmp_path / "new.csv"
+    assert main(["predict", "--model", "models", "--features", "data/demo/test", "--out", str(out),
+                 "--topk", "3"]) == 0
+    new = pd.read_csv(out).set_index("slide_id")
+    ref = pd.read_csv(paths.PREDICTIONS).set_index("slide_id")
+    assert sorted(new.index) == sorted(ref.index)
+    np.testing.assert_allclose(new.loc[ref.index, "prob_tumor"], ref["prob_tumor"], rtol=1e-5, atol=1e-6)
+    top = pd.read_csv(tmp_path / "new_topk.csv")
+    assert len(top) == 8 * 2 * 3 and top[["x", "y"]].notna().all().all()
+    assert main(["predict", "--model", "models", "--features", str(tmp_path / "none"), "--out", str(out)]) == 1
