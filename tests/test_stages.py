@@ -39,7 +39,8 @@ def test_stages_write_their_outputs(project, tiny_params):
         assert col in log.columns
     metrics = evaluate_stage.run_evaluate(p)
     saved = json.loads(paths.METRICS.read_text())
-    for key in ("auc", "acc", "balanced_acc", "f1", "sensitivity", "specificity", "auc_ci_low", "auc_ci_high"):
+    for key in ("auc", "acc", "balanced_acc", "f1", "sensitivity", "specificity", "auc_ci_low", "auc_ci_high",
+                "loc_auc", "loc_auc_random"):
         assert key in saved
     assert saved["acc"] == metrics["acc"]
     preds = pd.read_csv(paths.PREDICTIONS)

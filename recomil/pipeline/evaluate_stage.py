@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 from pathlib import Path
 from typing import Any
@@ -12,6 +13,8 @@ import pandas as pd
 
 from recomil.config import Params
 from recomil.data.store import FeatureStore
+from recomil.evaluation.explain import write_explanations
+from recomil.evaluation.localisation import load_ground_truth, localisation_auc
 from recomil.evaluation.metrics import bootstrap_auc, classification_metrics, confusion, roc_points
 from recomil.evaluation.predict import predict_bags
 from recomil.pipeline import paths
@@ -34,16 +37,29 @@ def _aggregate(per_fold: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def run_evaluate(p: Params) -> dict[str, Any]:
-    """Evaluate each fold's best model on its test slides; write metrics, predictions and plots."""
+    """Evaluate each fold's best model on its test slides; write metrics, predictions and plots.
+
+    On the demo cohort, whose per-patch ground truth is known, ``loc_auc`` measures whether the
+    high-scale attention points at the tumour (``loc_auc_random``: the random-attention control).
+    """
     store = FeatureStore(paths.STORE)
     folds = load_split(paths.SPLIT)
     classes = store.classes
     per_fold, frames, all_labels, all_probs = [], [], [], []
+    attentions, truths = [], []
+    pngs: list[Path] = []
+    shutil.rmtree(paths.EXPLAIN, ignore_errors=True)
     for k, split in enumerate(folds):
         model, _, _ = load_model(paths.MODELS / f"fold_{k}" / "best.pt")
         test = BagSet(store, split["test"])
-        probs, _ = predict_bags(model, (test.bag(j) for j in range(len(test))))
+        probs, extras = predict_bags(model, (test.bag(j) for j in range(len(test))))
         m = classification_metrics(test.labels, probs)
+        pngs += write_explanations(paths.EXPLAIN, model, test, extras, fold=k)
+        if p.dataset == "demo":
+            for sid, e, y in zip(split["test"], extras, test.labels):
+                if y == classes.index("tumor"):
+                    attentions.append(e["attention_high"])
+                    truths.append(load_ground_truth(paths.DEMO / "ground_truth", sid))
         per_fold.append(m)
         df = pd.DataFrame({"fold": k, "slide_id": split["test"], "label": [classes[i] for i in test.labels]})
         for c, name in enumerate(classes):
@@ -56,6 +72,8 @@ def run_evaluate(p: Params) -> dict[str, Any]:
     metrics: dict[str, Any] = dict(per_fold[0]) if len(folds) == 1 else _aggregate(per_fold)
     metrics["auc_ci_low"], metrics["auc_ci_high"] = bootstrap_auc(labels, probs, p.bootstrap, p.seed)
     metrics["n_test"] = int(len(labels))
+    if p.dataset == "demo":
+        metrics.update(localisation_auc(attentions, truths, p.seed))
     if len(folds) > 1:
         metrics["per_fold"] = per_fold
     for key, value in metrics.items():
@@ -71,7 +89,7 @@ def run_evaluate(p: Params) -> dict[str, Any]:
                   for j in range(len(classes)) for _ in range(int(cm[i, j]))],
                  columns=["actual", "predicted"]).to_csv(paths.PLOTS / "confusion.csv", index=False)
     _write_json(paths.METRICS, metrics)
-    _log_wandb(p, metrics, labels, probs, classes)
+    _log_wandb(p, metrics, labels, probs, classes, pngs)
     return metrics
 
 
@@ -82,7 +100,7 @@ def _write_json(path: Path, obj: Any) -> None:
 
 
 def _log_wandb(p: Params, metrics: dict[str, Any], labels: np.ndarray, probs: np.ndarray,
-               classes: list[str]) -> None:
+               classes: list[str], pngs: list[Path]) -> None:
     tracker = Tracker(None, mode=p.wandb_mode, project=p.wandb_project, name="evaluate", group="recomil",
                       config=p.to_dict(), wandb_dir=paths.WANDB_DIR, job_type="evaluate")
     try:
@@ -95,6 +113,8 @@ def _log_wandb(p: Params, metrics: dict[str, Any], labels: np.ndarray, probs: np
                 y_true=labels.tolist(), preds=probs.argmax(1).tolist(), class_names=classes)
             if len(np.unique(labels)) > 1:
                 values["test/roc"] = wandb.plot.roc_curve(labels.tolist(), probs.tolist(), labels=classes)
+            for png in pngs[:50]:
+                values[f"heatmap/{png.stem}"] = wandb.Image(str(png))
             tracker.log(values)
             tracker.summary({k: v for k, v in metrics.items() if isinstance(v, (int, float))})
     finally:

@@ -14,6 +14,7 @@ TRAIN_LOG = RESULTS / "train_log"
 PLOTS = RESULTS / "plots"
 METRICS = RESULTS / "metrics.json"
 PREDICTIONS = RESULTS / "predictions.csv"
+EXPLAIN = RESULTS / "explain"
 RESUME = Path(".recomil/resume")
 WANDB_DIR = Path(".")
 

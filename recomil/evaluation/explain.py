@@ -1,0 +1,78 @@
+"""Per-slide explanations written by the evaluate stage: heatmaps, top-attended and rare patches,
+prototype assignment histograms, and the cohort-level prototype usage."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from recomil.evaluation.heatmaps import write_slide_heatmaps
+from recomil.model.branch import ReCoBranch
+from recomil.model.mil import MILClassifier
+from recomil.model.rarity import rarity_gate
+from recomil.model.similarity import best_similarity
+from recomil.training.bags import BagSet
+
+
+def rare_mask(branch: torch.nn.Module, x: torch.Tensor) -> np.ndarray:
+    """The instances the branch's rarity gate boosts (as in training), ``[N]`` bool."""
+    if not isinstance(branch, ReCoBranch):
+        return np.zeros(x.shape[0], dtype=bool)
+    sp = branch.sp
+    g = rarity_gate(best_similarity(x, branch.protos.detach(), sp.similarity_method), sp.outlier_top_p,
+                    sp.outlier_alpha)
+    return (g > 1).numpy()
+
+
+@torch.no_grad()
+def write_explanations(out_dir: Path, model: MILClassifier, bags: BagSet, extras: list[dict[str, np.ndarray]],
+                       topk: int = 20, fold: int = 0) -> list[Path]:
+    """Write heatmaps (slides with coordinates) and the patch tables under ``out_dir``.
+
+    Returns:
+        The heatmap PNG paths.
+    """
+    out_dir.mkdir(parents=True, exist_ok=True)
+    top_rows, rare_rows, usage_rows, pngs = [], [], [], []
+    store = bags.store
+    for j, sid in enumerate(bags.slide_ids):
+        i = bags.positions[j]
+        feats = bags.bag(j)
+        coords = {s: np.asarray(store.coords(i, s)) for s in store.scales}
+        att = {s: extras[j][f"attention_{s}"] for s in store.scales}
+        for scale in store.scales:
+            c = coords[scale]
+            order = np.argsort(-att[scale], kind="stable")[:topk]
+            top_rows += [{"fold": fold, "slide_id": sid, "scale": scale, "rank": r, "patch_index": int(k),
+                          "attention": float(att[scale][k]), "x": float(c[k, 0]), "y": float(c[k, 1])}
+                         for r, k in enumerate(order, 1)]
+            rare = np.flatnonzero(rare_mask(model.branches[scale], feats[scale]))
+            rare_rows += [{"fold": fold, "slide_id": sid, "scale": scale, "patch_index": int(k),
+                           "attention": float(att[scale][k]), "x": float(c[k, 0]), "y": float(c[k, 1])}
+                          for k in rare]
+            key = f"assignment_{scale}"
+            if key in extras[j]:
+                counts = np.bincount(extras[j][key].astype(np.int64), minlength=model.branches[scale].sp.num_protos)
+                usage_rows += [{"fold": fold, "slide_id": sid, "scale": scale, "prototype": k, "patches": int(n)}
+                               for k, n in enumerate(counts) if n]
+        if not any(np.isnan(coords[s]).any() for s in store.scales):
+            pngs += write_slide_heatmaps(out_dir / "heatmaps", sid, coords, att)
+    _append(out_dir / "top_patches.csv", top_rows)
+    _append(out_dir / "rare_patches.csv", rare_rows)
+    _append(out_dir / "prototype_usage.csv", usage_rows)
+    if usage_rows:
+        usage = pd.read_csv(out_dir / "prototype_usage.csv")
+        summary = usage.groupby(["scale", "prototype"], as_index=False).agg(
+            patches=("patches", "sum"), slides=("slide_id", "nunique"))
+        summary.to_csv(out_dir / "prototype_usage_summary.csv", index=False)
+    return pngs
+
+
+def _append(path: Path, rows: list[dict]) -> None:
+    df = pd.DataFrame(rows)
+    if path.exists():
+        df = pd.concat([pd.read_csv(path), df])
+    df.to_csv(path, index=False)
