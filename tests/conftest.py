@@ -38,3 +38,14 @@ def project(tmp_path, monkeypatch):
     """An empty project directory as the working directory."""
     monkeypatch.chdir(tmp_path)
     return tmp_path
+
+
+def prepare_demo(p) -> None:
+    """Run the stages before training (demo, ingest, split, prototypes) in the working directory."""
+    from recomil.pipeline import data_stages, prototypes_stage
+
+    data_stages.run_demo(p)
+    data_stages.run_ingest(p, progress=False)
+    data_stages.run_split(p)
+    for scale in ("high", "low"):
+        prototypes_stage.run_prototypes(p, scale)

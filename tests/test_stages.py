@@ -10,19 +10,12 @@ import pytest
 from recomil.data.store import FeatureStore
 from recomil.pipeline import data_stages, evaluate_stage, paths, prototypes_stage, train_stage
 from recomil.training.tracking import Tracker
-
-
-def _prepare(p):
-    data_stages.run_demo(p)
-    data_stages.run_ingest(p, progress=False)
-    data_stages.run_split(p)
-    for scale in ("high", "low"):
-        prototypes_stage.run_prototypes(p, scale)
+from tests.conftest import prepare_demo
 
 
 def test_stages_write_their_outputs(project, tiny_params):
     p = dataclasses.replace(tiny_params, wandb_mode="offline")
-    _prepare(p)
+    prepare_demo(p)
     store = FeatureStore(paths.STORE)
     assert len(store) == 20 and store.scales == ("high", "low")
     split = json.loads(paths.SPLIT.read_text())["folds"][0]
@@ -52,7 +45,7 @@ def test_stages_write_their_outputs(project, tiny_params):
 
 def test_training_is_deterministic_and_resumes_exactly(project, tiny_params, monkeypatch):
     p = tiny_params
-    _prepare(p)
+    prepare_demo(p)
     train_stage.run_train(p, progress=False)
     first = evaluate_stage.run_evaluate(p)
     first_preds = pd.read_csv(paths.PREDICTIONS)
@@ -110,7 +103,7 @@ def test_single_scale_folder_and_abmil(project, tiny_params, tmp_path):
 def test_predict_reproduces_evaluate_on_held_out_slides(project, tiny_params, tmp_path):
     from recomil.cli import main
 
-    _prepare(tiny_params)
+    prepare_demo(tiny_params)
     train_stage.run_train(tiny_params, progress=False)
     evaluate_stage.run_evaluate(tiny_params)
     out = tmp_path / "new.csv"

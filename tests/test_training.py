@@ -7,8 +7,9 @@ import numpy as np
 import pytest
 
 from recomil.evaluation.metrics import bootstrap_auc, classification_metrics
-from recomil.pipeline import data_stages, paths, prototypes_stage, train_stage
+from recomil.pipeline import paths, train_stage
 from recomil.training.trainer import class_weights, selection_score
+from tests.conftest import prepare_demo
 
 
 def test_selection_scores():
@@ -47,11 +48,7 @@ def test_metrics_binary_multiclass_and_undefined(recwarn):
 def test_every_save_policy_trains_and_records_its_choice(project, tiny_params, policy):
     p = dataclasses.replace(tiny_params, save_policy=policy, epochs=4, patience=1, class_weight=True,
                             early_stop_after_warmup=False, warmup_epochs=2)
-    data_stages.run_demo(p)
-    data_stages.run_ingest(p, progress=False)
-    data_stages.run_split(p)
-    for scale in ("high", "low"):
-        prototypes_stage.run_prototypes(p, scale)
+    prepare_demo(p)
     fold = train_stage.run_train(p, progress=False)["folds"][0]
     assert fold["save_policy"] == policy
     if policy == "last":
@@ -66,11 +63,7 @@ def test_every_save_policy_trains_and_records_its_choice(project, tiny_params, p
 
 def test_no_val_falls_back_to_last(project, tiny_params):
     p = dataclasses.replace(tiny_params, no_val=True, epochs=2)
-    data_stages.run_demo(p)
-    data_stages.run_ingest(p, progress=False)
-    data_stages.run_split(p)
-    for scale in ("high", "low"):
-        prototypes_stage.run_prototypes(p, scale)
+    prepare_demo(p)
     fold = train_stage.run_train(p, progress=False)["folds"][0]
     assert fold["save_policy"] == "last" and fold["best_epoch"] == 2
 
@@ -86,11 +79,7 @@ def test_test_slides_never_influence_training(project, tiny_params):
     from recomil.training.trainer import train_fold
 
     p = dataclasses.replace(tiny_params, epochs=2)
-    data_stages.run_demo(p)
-    data_stages.run_ingest(p, progress=False)
-    data_stages.run_split(p)
-    for scale in ("high", "low"):
-        prototypes_stage.run_prototypes(p, scale)
+    prepare_demo(p)
     store = FeatureStore(paths.STORE)
     split = load_split()[0]
     protos = load_prototypes(store.scales, 0)

@@ -6,6 +6,7 @@ split if the layout defines one, patient id, one file per scale) and the ordered
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -13,7 +14,7 @@ import numpy as np
 import pandas as pd
 
 from recomil.config import Params
-from recomil.data.discovery import FileIndex
+from recomil.data.discovery import FileIndex, slide_key
 from recomil.data.errors import DataError
 
 DEMO_DIR = Path("data/demo")
@@ -113,8 +114,8 @@ def _c16(p: Params, root_high: str, root_low: str) -> Cohort:
             raise DataError(f"{path}: train_list not found")
         train_ids = [_strip_name(line) for line in path.read_text().splitlines() if line.strip()]
     else:
-        train_ids = [sid for sid in index.slide_ids("high") if index.find(sid, "high") and
-                     "test" not in [x.lower() for x in index.find(sid, "high").parts]]
+        train_ids = [sid for sid in index.slide_ids("high")
+                     if "test" not in [x.lower() for x in index.find(sid, "high").relative_to(index.root).parts]]
     slides = []
     for sid in train_ids:
         f = index.find(sid, "high")
@@ -135,8 +136,7 @@ def _c16(p: Params, root_high: str, root_low: str) -> Cohort:
 
 
 def _strip_name(name: str) -> str:
-    from recomil.data.discovery import slide_key
-
+    """A slide id from a listed name (a bare id, or a file name in any supported naming)."""
     name = name.strip()
     path = Path(name)
     return slide_key(path)[0] if path.suffix else slide_key(Path(name + ".x"))[0]
@@ -232,7 +232,5 @@ def load_cohort(p: Params) -> Cohort:
 
 
 def _demo_params(p: Params) -> Params:
-    import dataclasses
-
     return dataclasses.replace(p, train_list=str(DEMO_DIR / "train_list.txt"),
                                test_csv=str(DEMO_DIR / "test_labels.csv"))
