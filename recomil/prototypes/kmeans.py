@@ -8,7 +8,9 @@ batch, never a stacked copy of the cohort. Steps:
    ``max_iter`` passes over the sample, stopped early when the smoothed batch inertia has not
    improved for 10 steps; centres that have won no instance are re-seeded from the batch
    instances farthest from their centres.
-3. A streaming pass over all given rows: counts of instances nearest each centre, inertia
+3. ``refine_passes`` full Lloyd passes streamed over the sample (each centre moves to the mean
+   of its instances), which removes the noise the mini-batch updates leave in the centres.
+4. A streaming pass over all given rows: counts of instances nearest each centre, inertia
    (mean squared distance), and re-seeding of any centre that is still empty.
 """
 
@@ -59,7 +61,7 @@ def _kmeans_pp(x: torch.Tensor, k: int, gen: torch.Generator) -> torch.Tensor:
 
 def minibatch_kmeans(data: np.ndarray, rows: np.ndarray, k: int, *, batch_size: int = 4096,
                      max_iter: int = 200, seed: int = 0, count_rows: np.ndarray | None = None,
-                     chunk: int = 65536) -> KMeansResult:
+                     chunk: int = 65536, refine_passes: int = 1) -> KMeansResult:
     """Cluster ``data[rows]`` into ``k`` centres.
 
     Args:
@@ -70,6 +72,7 @@ def minibatch_kmeans(data: np.ndarray, rows: np.ndarray, k: int, *, batch_size: 
         max_iter: maximum passes over ``rows``.
         seed: seeds every random choice (same seed, same centres).
         count_rows: rows to count and score against the final centres (default ``rows``).
+        refine_passes: full Lloyd passes over ``rows`` after the mini-batch phase.
 
     Raises:
         ValueError: no rows, or fewer rows than ``k``.
@@ -113,11 +116,31 @@ def minibatch_kmeans(data: np.ndarray, rows: np.ndarray, k: int, *, batch_size: 
             stale += 1
             if stale >= 10:
                 break
+    for _ in range(refine_passes):
+        centres = _lloyd_pass(data, rows, centres, chunk)
     counts_out, inertia_total, extra = _assign_counts(data, rows if count_rows is None else count_rows,
                                                       centres, chunk)
     reseeded += extra
     return KMeansResult(centres.numpy().astype(np.float32), counts_out, inertia_total, reseeded,
                         int(n), steps, time.perf_counter() - t0)
+
+
+def _lloyd_pass(data: np.ndarray, rows: np.ndarray, centres: torch.Tensor, chunk: int) -> torch.Tensor:
+    """One streamed Lloyd step: each centre becomes the mean of its nearest rows (empty ones stay)."""
+    rows = np.sort(np.asarray(rows, dtype=np.int64))
+    k = centres.shape[0]
+    sums = torch.zeros_like(centres, dtype=torch.float64)
+    counts = torch.zeros(k, dtype=torch.float64)
+    c_sq = (centres * centres).sum(1)
+    for start in range(0, rows.shape[0], chunk):
+        x = torch.from_numpy(np.asarray(data[rows[start:start + chunk]], dtype=np.float32))
+        assign = _sqdist(x, centres, c_sq).argmin(1)
+        sums.index_add_(0, assign, x.double())
+        counts += torch.bincount(assign, minlength=k).double()
+    new = centres.clone()
+    hit = counts > 0
+    new[hit] = (sums[hit] / counts[hit, None]).float()
+    return new
 
 
 def _assign_counts(data: np.ndarray, rows: np.ndarray, centres: torch.Tensor,
