@@ -98,6 +98,7 @@ class Params:
     kmeans_max_iter: int = 200
     kmeans_sample_ratio: float = 1.0
     kmeans_max_per_slide: int = 0
+    standardize: bool = False
     # model
     model: str = "recomil"
     embed_dim_high: int = 512
@@ -199,7 +200,7 @@ def _coerce(key: str, value: Any, default: Any) -> Any:
             return None
         raise ConfigError(f"param {key!r} must not be empty")
     if isinstance(default, bool) or key in {"no_val", "class_weight", "gate_at_eval", "ortho_on_projected",
-                                                      "early_stop_after_warmup"}:
+                                                      "early_stop_after_warmup", "standardize"}:
         if not isinstance(value, bool):
             raise ConfigError(f"param {key!r} must be true or false, got {value!r}")
         return value

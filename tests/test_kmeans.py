@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from recomil.prototypes.kmeans import minibatch_kmeans, sample_rows
+from recomil.prototypes.kmeans import StandardizedRows, feature_stats, minibatch_kmeans, sample_rows
 
 
 def _blobs(n_per=200, k=5, d=8, seed=0):
@@ -62,3 +62,15 @@ def test_empty_clusters_are_reseeded():
     x += np.random.default_rng(0).normal(0, 0.01, size=x.shape).astype(np.float32)
     res = minibatch_kmeans(x, np.arange(100), 4, batch_size=32, max_iter=10, seed=0)
     assert (res.counts > 0).all()
+
+
+def test_feature_stats_and_standardized_view():
+    x = np.random.default_rng(0).normal(5.0, 3.0, size=(1000, 4)).astype(np.float32)
+    rows = np.arange(0, 1000, 2)
+    mean, std = feature_stats(x, rows, chunk=77)
+    np.testing.assert_allclose(mean, x[rows].mean(0), rtol=1e-5)
+    np.testing.assert_allclose(std, x[rows].std(0), rtol=1e-4)
+    view = StandardizedRows(x, mean, std)
+    z = view[rows]
+    np.testing.assert_allclose(z.mean(0), 0.0, atol=1e-4)
+    np.testing.assert_allclose(z.std(0), 1.0, atol=1e-4)

@@ -10,6 +10,7 @@ import pytest
 from recomil.data.store import FeatureStore
 from recomil.pipeline import data_stages, evaluate_stage, paths, prototypes_stage, train_stage
 from recomil.training.tracking import Tracker
+from recomil.training.trainer import load_model
 from tests.conftest import prepare_demo
 
 
@@ -86,7 +87,8 @@ def test_single_scale_folder_and_abmil(project, tiny_params, tmp_path):
         rows.append(f"b{i},{i % 2}")
     (tmp_path / "labels.csv").write_text("\n".join(rows))
     base = dataclasses.replace(tiny_params, dataset="folder", root_dir_high=str(root),
-                               labels_csv=str(tmp_path / "labels.csv"), num_protos_high=8, folds=2)
+                               labels_csv=str(tmp_path / "labels.csv"), num_protos_high=8, folds=2,
+                               standardize=True)
     for model in ("recomil", "abmil"):
         p = dataclasses.replace(base, model=model)
         data_stages.run_ingest(p, progress=False)
@@ -94,7 +96,12 @@ def test_single_scale_folder_and_abmil(project, tiny_params, tmp_path):
         for scale in ("high", "low"):
             prototypes_stage.run_prototypes(p, scale)
         assert json.loads((paths.PROTOTYPES / "low" / "summary.json").read_text())["present"] is False
+        with np.load(paths.prototype_file("high", 0)) as z:
+            assert z["std"].shape == (6,) and not np.allclose(z["std"], 1.0)
+            mean = z["mean"]
         train_stage.run_train(p, progress=False)
+        model, _, _ = load_model(paths.MODELS / "fold_0" / "best.pt")
+        np.testing.assert_allclose(model.input_norm["high"].mean.numpy(), mean)
         metrics = evaluate_stage.run_evaluate(p)
         assert "auc_std" in metrics and len(metrics["per_fold"]) == 2
         assert metrics["n_test"] == 16

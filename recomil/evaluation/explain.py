@@ -63,7 +63,7 @@ def write_explanations(out_dir: Path, model: MILClassifier, bags: BagSet, extras
     _append(out_dir / "top_patches.csv", top_rows)
     _append(out_dir / "rare_patches.csv", rare_rows)
     _append(out_dir / "prototype_usage.csv", usage_rows)
-    if usage_rows:
+    if (out_dir / "prototype_usage.csv").exists():
         usage = pd.read_csv(out_dir / "prototype_usage.csv")
         summary = usage.groupby(["scale", "prototype"], as_index=False).agg(
             patches=("patches", "sum"), slides=("slide_id", "nunique"))
@@ -72,6 +72,8 @@ def write_explanations(out_dir: Path, model: MILClassifier, bags: BagSet, extras
 
 
 def _append(path: Path, rows: list[dict]) -> None:
+    if not rows:
+        return
     df = pd.DataFrame(rows)
     if path.exists():
         df = pd.concat([pd.read_csv(path), df])

@@ -15,7 +15,8 @@ from recomil.model.mil import MILClassifier
 
 
 def build_model(params: dict[str, Any] | Params, prototypes: dict[str, torch.Tensor] | None = None, *,
-                counts: dict[str, torch.Tensor] | None = None) -> MILClassifier:
+                counts: dict[str, torch.Tensor] | None = None,
+                input_stats: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None) -> MILClassifier:
     """Build a ReCo-MIL (``model: recomil``) or ABMIL (``model: abmil``) classifier.
 
     Args:
@@ -24,6 +25,8 @@ def build_model(params: dict[str, Any] | Params, prototypes: dict[str, torch.Ten
         prototypes: scale name -> ``[K, D]`` initial prototypes. A scale without an entry gets
             random prototypes (tests, benchmarks); an entry whose K or D does not fit is an error.
         counts: scale name -> ``[K]`` k-means cluster counts, for the rare-prototype weights.
+        input_stats: scale name -> ``([D] mean, [D] std)`` to standardise the features with
+            (the prototypes must then live in the standardised space too).
 
     Returns:
         A :class:`MILClassifier`; call it as ``model(x_high, x_low=None)``.
@@ -52,4 +55,7 @@ def build_model(params: dict[str, Any] | Params, prototypes: dict[str, torch.Ten
             gate_at_eval=p.gate_at_eval, ortho_on_projected=p.ortho_on_projected,
         )
     fusion = DualFusion(p.fusion, p.alpha_init) if len(branches) > 1 else None
-    return MILClassifier(branches, fusion)
+    model = MILClassifier(branches, fusion, {s: p.scale(s).feat_dim for s in p.scales})
+    for name, (mean, std) in (input_stats or {}).items():
+        model.input_norm[name].set_stats(torch.as_tensor(mean), torch.as_tensor(std))
+    return model

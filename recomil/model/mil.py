@@ -8,6 +8,28 @@ from torch import nn
 from recomil.model.fusion import DualFusion
 
 
+class InputNorm(nn.Module):
+    """Per-dimension standardisation ``(x - mean) / std`` with fixed statistics (identity by default).
+
+    The statistics come from the training slides of the fold (the prototypes stage computes them
+    with ``standardize: true``) and travel with the checkpoint, so prediction applies the same.
+    """
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.zeros(dim))
+        self.register_buffer("std", torch.ones(dim))
+
+    def set_stats(self, mean: torch.Tensor, std: torch.Tensor) -> None:
+        """Set the statistics (``[D]`` each; std is floored at 1e-6)."""
+        self.mean.copy_(torch.as_tensor(mean, dtype=torch.float32))
+        self.std.copy_(torch.as_tensor(std, dtype=torch.float32).clamp_min(1e-6))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``x``: ``[N, D]``."""
+        return (x - self.mean.to(x.dtype)) / self.std.to(x.dtype)
+
+
 class MILClassifier(nn.Module):
     """Single- or dual-scale MIL classifier.
 
@@ -17,7 +39,8 @@ class MILClassifier(nn.Module):
     ReCo-MIL), plus ``fusion_weight`` in dual mode. Single-scale mode is the high branch alone.
     """
 
-    def __init__(self, branches: dict[str, nn.Module], fusion: DualFusion | None) -> None:
+    def __init__(self, branches: dict[str, nn.Module], fusion: DualFusion | None,
+                 feat_dims: dict[str, int] | None = None) -> None:
         super().__init__()
         if "high" not in branches:
             raise ValueError("a high-scale branch is required")
@@ -25,6 +48,7 @@ class MILClassifier(nn.Module):
             raise ValueError("two scales need a fusion module")
         self.branches = nn.ModuleDict(branches)
         self.fusion = fusion
+        self.input_norm = nn.ModuleDict({s: InputNorm(d) for s, d in (feat_dims or {}).items()})
 
     @property
     def scales(self) -> list[str]:
@@ -43,6 +67,8 @@ class MILClassifier(nn.Module):
             x = inputs[name]
             if x.ndim != 2 or x.shape[0] == 0:
                 raise ValueError(f"x_{name} must be a non-empty [N, D] tensor, got shape {tuple(x.shape)}")
+            if name in self.input_norm:
+                x = self.input_norm[name](x)
             res = branch(x)
             for key, value in res.items():
                 out[f"{key}_{name}"] = value

@@ -13,13 +13,15 @@ from recomil.config import Params
 from recomil.data.store import FeatureStore
 from recomil.pipeline import paths
 from recomil.pipeline.data_stages import load_split
-from recomil.prototypes.kmeans import minibatch_kmeans, sample_rows
+from recomil.prototypes.kmeans import StandardizedRows, feature_stats, minibatch_kmeans, sample_rows
 
 
 def run_prototypes(p: Params, scale: str, store_dir: Path = paths.STORE, split_path: Path = paths.SPLIT,
                    out_root: Path = paths.PROTOTYPES) -> dict[str, Any]:
     """Fit ``num_protos_<scale>`` centres per fold; write ``fold_<k>.npz`` and ``summary.json``.
 
+    With ``standardize`` the features are z-scored with the fold's training statistics first
+    (saved beside the centres, which then live in the standardised space).
     A scale the dataset does not have (single-scale data, ``low``) writes only a summary saying so.
     """
     store = FeatureStore(store_dir)
@@ -34,12 +36,18 @@ def run_prototypes(p: Params, scale: str, store_dir: Path = paths.STORE, split_p
         for fold, split in enumerate(load_split(split_path)):
             bags = [store.position(s) for s in split["train"]]
             sample, full = sample_rows(offsets, bags, p.kmeans_sample_ratio, p.kmeans_max_per_slide, p.seed + fold)
+            dim = data.shape[1]
+            mean, std = np.zeros(dim, np.float32), np.ones(dim, np.float32)
+            view = data
+            if p.standardize and len(full):
+                mean, std = feature_stats(data, full)
+                view = StandardizedRows(data, mean, std)
             try:
-                res = minibatch_kmeans(data, sample, k, batch_size=p.kmeans_batch_size, max_iter=p.kmeans_max_iter,
+                res = minibatch_kmeans(view, sample, k, batch_size=p.kmeans_batch_size, max_iter=p.kmeans_max_iter,
                                        seed=p.seed + fold, count_rows=full)
             except ValueError as exc:
                 raise ValueError(f"prototypes@{scale}, fold {fold}: {exc} (num_protos_{scale} = {k})") from None
-            np.savez(tmp / f"fold_{fold}.npz", centres=res.centres, counts=res.counts)
+            np.savez(tmp / f"fold_{fold}.npz", centres=res.centres, counts=res.counts, mean=mean, std=std)
             summary["folds"].append({"fold": fold, "k": k, "dim": int(res.centres.shape[1]),
                                      "inertia": res.inertia, "reseeded": res.reseeded,
                                      "instances_fit": res.instances, "instances_counted": int(full.shape[0]),
@@ -64,8 +72,10 @@ def load_prototypes(scales: tuple[str, ...], fold: int, root: Path = paths.PROTO
             raise ValueError(f"{path}: prototype file missing; run the prototypes@{scale} stage")
         with np.load(path, allow_pickle=False) as z:
             centres, counts = z["centres"].astype(np.float32), z["counts"].astype(np.int64)
+            mean = z["mean"] if "mean" in z else np.zeros(centres.shape[1], np.float32)
+            std = z["std"] if "std" in z else np.ones(centres.shape[1], np.float32)
         if expect and scale in expect and tuple(centres.shape) != expect[scale]:
             raise ValueError(f"{path}: prototypes have shape {list(centres.shape)}, but the model needs "
                              f"{list(expect[scale])} (num_protos_{scale}, feature width)")
-        out[scale] = {"centres": centres, "counts": counts}
+        out[scale] = {"centres": centres, "counts": counts, "mean": mean, "std": std}
     return out

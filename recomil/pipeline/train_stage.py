@@ -24,10 +24,8 @@ def run_train(p: Params, progress: bool = True) -> dict[str, Any]:
     shutil.rmtree(paths.TRAIN_LOG, ignore_errors=True)
     summaries = []
     for k, split in enumerate(folds):
-        protos: dict[str, Any] = {}
-        if p.model == "recomil":
-            expect = {s: (p.scale(s).num_protos, store.dims[s]) for s in store.scales}
-            protos = load_prototypes(store.scales, k, paths.PROTOTYPES, expect)
+        expect = {s: (p.scale(s).num_protos, store.dims[s]) for s in store.scales} if p.model == "recomil" else None
+        protos = load_prototypes(store.scales, k, paths.PROTOTYPES, expect)
         tracker = Tracker(paths.TRAIN_LOG / f"fold_{k}.csv", mode=p.wandb_mode, project=p.wandb_project,
                           name=f"train-fold{k}", group="recomil", config={**p.to_dict(), "fold": k},
                           wandb_dir=paths.WANDB_DIR)

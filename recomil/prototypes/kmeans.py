@@ -172,6 +172,36 @@ def _assign_counts(data: np.ndarray, rows: np.ndarray, centres: torch.Tensor,
     return counts.numpy().astype(np.int64), total / max(1, rows.shape[0]), reseeded
 
 
+class StandardizedRows:
+    """Row access to ``data`` that returns ``(data[rows] - mean) / std`` as float32 (a view, no copy)."""
+
+    def __init__(self, data: np.ndarray, mean: np.ndarray, std: np.ndarray) -> None:
+        self.data, self.mean, self.std = data, mean.astype(np.float32), std.astype(np.float32)
+        self.shape = data.shape
+
+    def __getitem__(self, rows: np.ndarray) -> np.ndarray:
+        return (np.asarray(self.data[rows], dtype=np.float32) - self.mean) / self.std
+
+
+def feature_stats(data: np.ndarray, rows: np.ndarray, chunk: int = 65536) -> tuple[np.ndarray, np.ndarray]:
+    """Per-dimension mean and standard deviation over ``data[rows]``, streamed (float64 sums).
+
+    Returns:
+        ``([D] mean, [D] std)`` float32; std is floored at 1e-6.
+    """
+    rows = np.sort(np.asarray(rows, dtype=np.int64))
+    s1 = np.zeros(data.shape[1])
+    s2 = np.zeros(data.shape[1])
+    for start in range(0, len(rows), chunk):
+        x = np.asarray(data[rows[start:start + chunk]], dtype=np.float64)
+        s1 += x.sum(0)
+        s2 += (x * x).sum(0)
+    n = max(1, len(rows))
+    mean = s1 / n
+    std = np.sqrt(np.maximum(s2 / n - mean * mean, 0.0))
+    return mean.astype(np.float32), np.maximum(std, 1e-6).astype(np.float32)
+
+
 def sample_rows(offsets: np.ndarray, bag_indices: list[int], ratio: float, max_per_slide: int,
                 seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Rows of the given bags: (sample for fitting, all rows for counting).

@@ -97,7 +97,8 @@ def train_fold(p: Params, store: FeatureStore, split: dict[str, list[str]],
     """Train on ``split["train"]``, select on ``split["val"]``; write ``out_dir/best.pt``.
 
     Args:
-        prototypes: scale -> ``{"centres": [K, D], "counts": [K]}`` from the prototypes stage.
+        prototypes: scale -> ``{"centres": [K, D], "counts": [K], "mean": [D], "std": [D]}`` from the
+            prototypes stage (centres and counts are ignored by ABMIL).
         resume_path: per-epoch state file (resumed when its fingerprint matches).
 
     Returns:
@@ -107,8 +108,11 @@ def train_fold(p: Params, store: FeatureStore, split: dict[str, list[str]],
     device = pick_device()
     amp = autocast_dtype(p.amp, device)
     torch.manual_seed(p.seed + fold)
-    model = build_model(mp, {s: torch.from_numpy(v["centres"]) for s, v in prototypes.items()},
-                        counts={s: torch.from_numpy(v["counts"]) for s, v in prototypes.items()}).to(device)
+    recomil = mp.model == "recomil"
+    model = build_model(mp, {s: torch.from_numpy(v["centres"]) for s, v in prototypes.items()} if recomil else None,
+                        counts={s: torch.from_numpy(v["counts"]) for s, v in prototypes.items()} if recomil else None,
+                        input_stats={s: (torch.from_numpy(v["mean"]), torch.from_numpy(v["std"]))
+                                     for s, v in prototypes.items() if "mean" in v}).to(device)
     opt = torch.optim.Adam(model.parameters(), lr=p.lr, weight_decay=p.weight_decay)
     scaler = torch.amp.GradScaler("cuda", enabled=amp == torch.float16)
     train, val = BagSet(store, split["train"]), BagSet(store, split["val"])
