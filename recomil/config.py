@@ -98,7 +98,7 @@ class Params:
     kmeans_max_iter: int = 200
     kmeans_sample_ratio: float = 1.0
     kmeans_max_per_slide: int = 0
-    standardize: bool = False
+    standardize: bool = True
     # model
     model: str = "recomil"
     embed_dim_high: int = 512
