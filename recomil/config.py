@@ -149,6 +149,7 @@ class Params:
     min_delta: float = 0.0
     save_policy: str = "joint"
     amp: str = "auto"
+    nproc: int = 1
     wandb_mode: str = "offline"
     wandb_project: str = "recomil"
     # evaluation
@@ -224,7 +225,7 @@ def _validate(p: Params) -> None:
         if getattr(p, key) not in choices:
             raise ConfigError(f"param {key!r} is {getattr(p, key)!r}; expected one of {', '.join(choices)}")
     positive = ["epochs", "num_enhancers", "num_protos_high", "num_protos_low", "embed_dim_high",
-                "embed_dim_low", "kmeans_batch_size", "kmeans_max_iter", "num_classes"]
+                "embed_dim_low", "kmeans_batch_size", "kmeans_max_iter", "num_classes", "nproc"]
     for key in positive:
         if getattr(p, key) < 1:
             raise ConfigError(f"param {key!r} must be at least 1, got {getattr(p, key)}")

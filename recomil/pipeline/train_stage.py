@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -12,21 +15,53 @@ from recomil.data.store import FeatureStore
 from recomil.pipeline import paths
 from recomil.pipeline.data_stages import load_split
 from recomil.pipeline.prototypes_stage import load_prototypes
+from recomil.training import distributed as ddp
 from recomil.training.tracking import Tracker
 from recomil.training.trainer import train_fold
 
 
+def _launch_torchrun(nproc: int) -> dict[str, Any]:
+    """Re-run this stage under ``torchrun --standalone --nproc_per_node nproc`` and wait for it."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+           str(Path(__file__).resolve().parents[2] / "stages" / "train.py")]
+    result = subprocess.run(cmd, check=False)
+    if result.returncode != 0:
+        raise RuntimeError(f"distributed training ({nproc} processes) failed with exit code {result.returncode}")
+    return json.loads((paths.MODELS / "summary.json").read_text())
+
+
 def run_train(p: Params, progress: bool = True) -> dict[str, Any]:
     """Train every fold; write ``models/fold_<k>/best.pt``, ``models/summary.json`` and the
-    per-epoch log ``results/train_log/fold_<k>.csv``."""
+    per-epoch log ``results/train_log/fold_<k>.csv``.
+
+    With ``nproc`` > 1 and not already under torchrun, the stage relaunches itself with
+    ``torchrun --standalone --nproc_per_node nproc`` (one machine); for several machines start
+    ``torchrun --nnodes ... stages/train.py`` yourself (README, "Several GPUs and nodes").
+    """
+    if p.nproc > 1 and "LOCAL_RANK" not in os.environ:
+        return _launch_torchrun(p.nproc)
+    distributed = ddp.init_from_env()
+    try:
+        return _train_all(p, progress)
+    finally:
+        if distributed:
+            ddp.shutdown()
+
+
+def _train_all(p: Params, progress: bool) -> dict[str, Any]:
+    main = ddp.is_main()
+    if main and ddp.world_size() > 1:
+        print(f"train: data-parallel over {ddp.world_size()} processes", file=sys.stderr)
     store = FeatureStore(paths.STORE)
     folds = load_split(paths.SPLIT)
-    shutil.rmtree(paths.TRAIN_LOG, ignore_errors=True)
+    if main:
+        shutil.rmtree(paths.TRAIN_LOG, ignore_errors=True)
     summaries = []
     for k, split in enumerate(folds):
         expect = {s: (p.scale(s).num_protos, store.dims[s]) for s in store.scales} if p.model == "recomil" else None
         protos = load_prototypes(store.scales, k, paths.PROTOTYPES, expect)
-        tracker = Tracker(paths.TRAIN_LOG / f"fold_{k}.csv", mode=p.wandb_mode, project=p.wandb_project,
+        tracker = Tracker(paths.TRAIN_LOG / f"fold_{k}.csv" if main else None,
+                          mode=p.wandb_mode if main else "disabled", project=p.wandb_project,
                           name=f"train-fold{k}", group="recomil", config={**p.to_dict(), "fold": k},
                           wandb_dir=paths.WANDB_DIR)
         resume = paths.RESUME / f"fold_{k}.pt"
@@ -37,7 +72,8 @@ def run_train(p: Params, progress: bool = True) -> dict[str, Any]:
         finally:
             tracker.finish()
         summaries.append(summary)
-    (paths.MODELS / "summary.json").write_text(json.dumps({"folds": summaries}, indent=1))
-    for k in range(len(folds)):
-        Path(paths.RESUME / f"fold_{k}.pt").unlink(missing_ok=True)
+    if main:
+        (paths.MODELS / "summary.json").write_text(json.dumps({"folds": summaries}, indent=1))
+        for k in range(len(folds)):
+            Path(paths.RESUME / f"fold_{k}.pt").unlink(missing_ok=True)
     return {"folds": summaries}

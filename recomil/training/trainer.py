@@ -5,6 +5,9 @@ counter starts only after the warm-up and the prototype freezing, because a vali
 taken while the learning rate is still ramping up and the prototypes are frozen says little
 about the model; ``early_stop_after_warmup: false`` restores the original's behaviour.
 
+Under ``torchrun`` each rank trains on its shard of the bags and gradients are averaged after
+every step (:mod:`recomil.training.distributed`); only rank 0 writes files and logs.
+
 Every epoch ends with an atomic resume checkpoint; a run killed mid-way continues from its last
 complete epoch when started again with the same params, data, split and prototypes (checked by
 a fingerprint), and ends exactly as an uninterrupted run: the bag order of epoch ``e`` is drawn
@@ -34,6 +37,7 @@ from recomil.evaluation.metrics import auc_score
 from recomil.evaluation.predict import predict_bags
 from recomil.model import build_model
 from recomil.model.mil import MILClassifier
+from recomil.training import distributed as ddp
 from recomil.training.bags import BagSet
 from recomil.training.device import autocast_dtype, pick_device
 from recomil.training.schedule import lr_factor, temperature
@@ -106,6 +110,10 @@ def train_fold(p: Params, store: FeatureStore, split: dict[str, list[str]],
     """
     mp = model_params(p, store)
     device = pick_device()
+    world, rank, main = ddp.world_size(), ddp.rank(), ddp.is_main()
+    check_sync = os.environ.get("RECOMIL_CHECK_SYNC") == "1"
+    if device.type == "cuda" and world > 1:
+        device = torch.device("cuda", torch.cuda.current_device())
     amp = autocast_dtype(p.amp, device)
     torch.manual_seed(p.seed + fold)
     recomil = mp.model == "recomil"
@@ -144,10 +152,13 @@ def train_fold(p: Params, store: FeatureStore, split: dict[str, list[str]],
         model.set_temperatures(taus)
         model.set_prototypes_frozen(epoch <= p.freeze_protos_epochs)
         model.train()
-        order = np.random.default_rng([p.seed, fold, epoch]).permutation(len(train))
+        if world > 1:  # each rank its own dropout stream, reproducible per epoch (also after a resume)
+            torch.manual_seed(int(np.random.default_rng([p.seed, fold, epoch, rank]).integers(2**62)))
+        order = ddp.shard(np.random.default_rng([p.seed, fold, epoch]).permutation(len(train)), rank, world)
         sums = {"ce": 0.0, "loss": 0.0, **{f"ortho_{s}": 0.0 for s in mp.scales}}
         fusion = []
-        bar = tqdm(order, desc=f"fold {fold} epoch {epoch}/{p.epochs}", unit="bag", disable=None if progress else True,
+        bar = tqdm(order, desc=f"fold {fold} epoch {epoch}/{p.epochs}", unit="bag",
+                   disable=None if progress and main else True,
                    file=sys.stderr, leave=False)
         for step, j in enumerate(bar, 1):
             bag = train.bag(int(j), device)
@@ -159,11 +170,14 @@ def train_fold(p: Params, store: FeatureStore, split: dict[str, list[str]],
             loss = ce + sum(getattr(p, f"lambda_ortho_{s}") * orth[s] for s in mp.scales)
             opt.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
+            ddp.average_gradients(model)
             if p.grad_clip > 0:
                 scaler.unscale_(opt)
                 torch.nn.utils.clip_grad_norm_(model.parameters(), p.grad_clip)
             scaler.step(opt)
             scaler.update()
+            if check_sync:
+                ddp.check_in_sync(model)
             sums["ce"] += ce.item()
             sums["loss"] += loss.item()
             for s in mp.scales:
@@ -171,12 +185,18 @@ def train_fold(p: Params, store: FeatureStore, split: dict[str, list[str]],
             if "fusion_weight" in out:
                 fusion.append(out["fusion_weight"].item())
             bar.set_postfix(loss=f"{sums['loss'] / step:.4f}")
-        row: dict[str, Any] = {"epoch": epoch, "lr": lr, **{k: v / max(1, len(train)) for k, v in sums.items()},
+        totals = ddp.sum_across({**sums, "_steps": float(len(order))})
+        steps = max(1.0, totals.pop("_steps"))
+        row: dict[str, Any] = {"epoch": epoch, "lr": lr, **{k: v / steps for k, v in totals.items()},
                                **{f"tau_{s}": t for s, t in taus.items()},
                                "fusion_weight": float(np.mean(fusion)) if fusion else None}
         val_auc = val_acc = None
         if len(val):
-            probs, _ = predict_bags(model, (val.bag(j, device) for j in range(len(val))), amp)
+            mine = list(range(len(val)))[rank::world]
+            local, _ = predict_bags(model, (val.bag(j, device) for j in mine), amp)
+            probs = np.zeros((len(val), mp.num_classes))
+            for idx, pr in ddp.gather_objects((mine, local)):
+                probs[idx] = pr
             val_auc = auc_score(val.labels, probs)
             val_acc = float((probs.argmax(1) == val.labels).mean())
         row.update(val_auc=val_auc, val_acc=val_acc)
@@ -190,10 +210,11 @@ def train_fold(p: Params, store: FeatureStore, split: dict[str, list[str]],
         state["epoch"] = epoch
         state["rows"].append(row)
         tracker.log_epoch(row)
-        print(f"fold {fold} epoch {epoch}: loss {row['loss']:.4f} val_auc {_fmt(val_auc)} val_acc {_fmt(val_acc)}",
-              file=sys.stderr)
-        _atomic_save({"fingerprint": fp, "model": model.state_dict(), "optimizer": opt.state_dict(),
-                      "rng": torch.get_rng_state(), "state": state}, resume_path)
+        if main:
+            print(f"fold {fold} epoch {epoch}: loss {row['loss']:.4f} val_auc {_fmt(val_auc)} val_acc {_fmt(val_acc)}",
+                  file=sys.stderr)
+            _atomic_save({"fingerprint": fp, "model": model.state_dict(), "optimizer": opt.state_dict(),
+                          "rng": torch.get_rng_state(), "state": state}, resume_path)
         if policy != "last" and state["stale"] >= p.patience:
             stopped_early = True
             break
@@ -201,7 +222,8 @@ def train_fold(p: Params, store: FeatureStore, split: dict[str, list[str]],
     best.load_state_dict(state["best_state"])
     summary = {"fold": fold, "best_epoch": state["best_epoch"], "best_score": state["best_score"],
                "epochs_run": state["epoch"], "stopped_early": stopped_early, "save_policy": policy}
-    save_model(out_dir / "best.pt", best, mp, store.classes, {"summary": summary})
+    if main:
+        save_model(out_dir / "best.pt", best, mp, store.classes, {"summary": summary})
     return summary
 
 
