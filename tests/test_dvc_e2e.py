@@ -5,6 +5,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -77,3 +78,22 @@ def test_bad_input_fails_the_stage_with_one_clear_line(repo):
     assert res.stderr.strip().splitlines()[-1].startswith("error: ingest:")
     assert "x.csv" in res.stderr and "Traceback" not in res.stderr
     assert not (dest / "data/store").exists()
+
+
+def test_sweep_with_the_experiment_queue(repo):
+    dest, env = repo
+    for alpha in ("0.1", "0.4"):
+        _run(["dvc", "exp", "run", "--queue", "-S", f"outlier_alpha_high={alpha}", "-n", f"alpha-{alpha}"], dest, env)
+    _run(["dvc", "queue", "start", "-j", "2"], dest, env)
+    deadline = time.time() + 900
+    while time.time() < deadline:
+        status = _run(["dvc", "queue", "status"], dest, env)
+        if not any(word in status for word in ("Running", "Queued")):
+            break
+        time.sleep(5)
+    assert "Failed" not in status, status
+    out = _run(["dvc", "exp", "show", "--json"], dest, env)
+    text = json.dumps(json.loads(out[out.index("["):out.rindex("]") + 1]))
+    for alpha in ("alpha-0.1", "alpha-0.4"):
+        assert alpha in text
+    assert text.count('"auc"') >= 2
