@@ -4,7 +4,8 @@ Memory holds only the row index of the sample (8 bytes per instance), the centre
 batch, never a stacked copy of the cohort. Steps:
 
 1. k-means++ seeding on a random subset of ``max(3 * batch_size, 10 * k)`` rows.
-2. Mini-batch updates with per-centre learning rate ``1 / count`` (as scikit-learn), for at most
+2. Mini-batch updates (batches drawn with replacement) with per-centre learning rate ``1 / count``
+   (as scikit-learn), for at most
    ``max_iter`` passes over the sample, stopped early when the smoothed batch inertia has not
    improved for 10 steps; centres that have won no instance are re-seeded from the batch
    instances farthest from their centres.
@@ -94,7 +95,7 @@ def minibatch_kmeans(data: np.ndarray, rows: np.ndarray, k: int, *, batch_size: 
     ewa, best, stale, reseeded, steps = None, math.inf, 0, 0, 0
     while steps < max_steps:
         steps += 1
-        x = _gather(data, rng.choice(rows, size=batch, replace=False) if batch < n else rows)
+        x = _gather(data, rows[rng.integers(0, n, size=batch)] if batch < n else rows)
         d2 = _sqdist(x, centres, (centres * centres).sum(1))
         mind, assign = d2.min(1)
         batch_counts = torch.bincount(assign, minlength=k).float()
