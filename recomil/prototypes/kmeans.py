@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -126,15 +127,21 @@ def minibatch_kmeans(data: np.ndarray, rows: np.ndarray, k: int, *, batch_size: 
                         int(n), steps, time.perf_counter() - t0)
 
 
+def _chunks(data: np.ndarray, rows: np.ndarray, chunk: int) -> Iterator[tuple[np.ndarray, torch.Tensor]]:
+    """Stream ``data[rows]`` in sorted row order: yields ``(row indices, [n, D] float32 tensor)``."""
+    rows = np.sort(np.asarray(rows, dtype=np.int64))
+    for start in range(0, rows.shape[0], chunk):
+        r = rows[start:start + chunk]
+        yield r, torch.from_numpy(np.asarray(data[r], dtype=np.float32))
+
+
 def _lloyd_pass(data: np.ndarray, rows: np.ndarray, centres: torch.Tensor, chunk: int) -> torch.Tensor:
     """One streamed Lloyd step: each centre becomes the mean of its nearest rows (empty ones stay)."""
-    rows = np.sort(np.asarray(rows, dtype=np.int64))
     k = centres.shape[0]
     sums = torch.zeros_like(centres, dtype=torch.float64)
     counts = torch.zeros(k, dtype=torch.float64)
     c_sq = (centres * centres).sum(1)
-    for start in range(0, rows.shape[0], chunk):
-        x = torch.from_numpy(np.asarray(data[rows[start:start + chunk]], dtype=np.float32))
+    for _, x in _chunks(data, rows, chunk):
         assign = _sqdist(x, centres, c_sq).argmin(1)
         sums.index_add_(0, assign, x.double())
         counts += torch.bincount(assign, minlength=k).double()
@@ -148,15 +155,12 @@ def _assign_counts(data: np.ndarray, rows: np.ndarray, centres: torch.Tensor,
                    chunk: int) -> tuple[np.ndarray, float, int]:
     """Nearest-centre counts and mean squared distance over ``rows``; empty centres re-seeded."""
     k = centres.shape[0]
-    rows = np.sort(np.asarray(rows, dtype=np.int64))
     reseeded = 0
     for attempt in range(4):
         counts = torch.zeros(k, dtype=torch.long)
         total, far_val, far_row = 0.0, [], []
         c_sq = (centres * centres).sum(1)
-        for start in range(0, rows.shape[0], chunk):
-            r = rows[start:start + chunk]
-            x = torch.from_numpy(np.asarray(data[r], dtype=np.float32))
+        for r, x in _chunks(data, rows, chunk):
             mind, assign = _sqdist(x, centres, c_sq).min(1)
             counts += torch.bincount(assign, minlength=k)
             total += float(mind.double().sum())
@@ -168,9 +172,9 @@ def _assign_counts(data: np.ndarray, rows: np.ndarray, centres: torch.Tensor,
             break
         vals, rws = torch.cat(far_val), torch.cat(far_row)
         pick = rws[torch.argsort(vals, descending=True)[: len(empty)]].numpy()
-        centres[empty] = torch.from_numpy(np.asarray(data[pick], dtype=np.float32))
+        centres[empty] = _gather(data, pick)
         reseeded += len(empty)
-    return counts.numpy().astype(np.int64), total / max(1, rows.shape[0]), reseeded
+    return counts.numpy().astype(np.int64), total / max(1, len(rows)), reseeded
 
 
 class StandardizedRows:
@@ -190,11 +194,10 @@ def feature_stats(data: np.ndarray, rows: np.ndarray, chunk: int = 65536) -> tup
     Returns:
         ``([D] mean, [D] std)`` float32; std is floored at 1e-6.
     """
-    rows = np.sort(np.asarray(rows, dtype=np.int64))
     s1 = np.zeros(data.shape[1])
     s2 = np.zeros(data.shape[1])
-    for start in range(0, len(rows), chunk):
-        x = np.asarray(data[rows[start:start + chunk]], dtype=np.float64)
+    for _, xt in _chunks(data, rows, chunk):
+        x = xt.numpy().astype(np.float64)
         s1 += x.sum(0)
         s2 += (x * x).sum(0)
     n = max(1, len(rows))
