@@ -26,6 +26,7 @@ WANDB_MODES = ("offline", "online", "disabled")
 MODELS = ("recomil", "abmil")
 STORE_DTYPES = ("float16", "float32")
 NONFINITE = ("error", "drop")
+KMEANS_ALGORITHMS = ("lloyd", "minibatch")
 
 
 class ConfigError(ValueError):
@@ -98,6 +99,8 @@ class Params:
     kmeans_max_iter: int = 200
     kmeans_sample_ratio: float = 1.0
     kmeans_max_per_slide: int = 0
+    kmeans_algorithm: str = "lloyd"
+    kmeans_lloyd_rows: int = 65536
     standardize: bool = True
     # model
     model: str = "recomil"
@@ -135,6 +138,8 @@ class Params:
     ortho_on_projected: bool = False
     fusion: str = "learned"
     alpha_init: float = 0.5
+    recalibrate: bool = True
+    use_low_scale: bool = True
     # training
     epochs: int = 50
     lr: float = 1e-4
@@ -166,8 +171,8 @@ class Params:
 
     @property
     def scales(self) -> tuple[str, ...]:
-        """Scales in use: both, or ``("high",)`` when the low scale has no features."""
-        return SCALES if self.feat_dim_low is not None else ("high",)
+        """Scales in use: both, or ``("high",)`` when the low scale has no features or is switched off."""
+        return SCALES if self.feat_dim_low is not None and self.use_low_scale else ("high",)
 
     def to_dict(self) -> dict[str, Any]:
         """The flat key/value form (as in ``params.yaml``, plus derived keys)."""
@@ -186,6 +191,7 @@ _CHOICES = {
     "model": MODELS,
     "store_dtype": STORE_DTYPES,
     "on_nonfinite": NONFINITE,
+    "kmeans_algorithm": KMEANS_ALGORITHMS,
 }
 
 
@@ -201,7 +207,8 @@ def _coerce(key: str, value: Any, default: Any) -> Any:
             return None
         raise ConfigError(f"param {key!r} must not be empty")
     if isinstance(default, bool) or key in {"no_val", "class_weight", "gate_at_eval", "ortho_on_projected",
-                                                      "early_stop_after_warmup", "standardize"}:
+                                                      "early_stop_after_warmup", "standardize",
+                                                      "recalibrate", "use_low_scale"}:
         if not isinstance(value, bool):
             raise ConfigError(f"param {key!r} must be true or false, got {value!r}")
         return value
@@ -225,7 +232,8 @@ def _validate(p: Params) -> None:
         if getattr(p, key) not in choices:
             raise ConfigError(f"param {key!r} is {getattr(p, key)!r}; expected one of {', '.join(choices)}")
     positive = ["epochs", "num_enhancers", "num_protos_high", "num_protos_low", "embed_dim_high",
-                "embed_dim_low", "kmeans_batch_size", "kmeans_max_iter", "num_classes", "nproc"]
+                "embed_dim_low", "kmeans_batch_size", "kmeans_max_iter", "num_classes", "nproc",
+                "kmeans_lloyd_rows"]
     for key in positive:
         if getattr(p, key) < 1:
             raise ConfigError(f"param {key!r} must be at least 1, got {getattr(p, key)}")

@@ -123,3 +123,16 @@ def test_predict_reproduces_evaluate_on_held_out_slides(project, tiny_params, tm
     top = pd.read_csv(tmp_path / "new_topk.csv")
     assert len(top) == 8 * 2 * 3 and top[["x", "y"]].notna().all().all()
     assert main(["predict", "--model", "models", "--features", str(tmp_path / "none"), "--out", str(out)]) == 1
+
+
+def test_high_scale_only_on_dual_scale_demo(project, tiny_params):
+    """``use_low_scale: false`` trains and evaluates the high branch alone; explanations cover high only."""
+    p = dataclasses.replace(tiny_params, use_low_scale=False)
+    prepare_demo(p)
+    train_stage.run_train(p, progress=False)
+    model, _, _ = load_model(paths.MODELS / "fold_0" / "best.pt")
+    assert model.scales == ["high"]
+    metrics = evaluate_stage.run_evaluate(p)
+    assert metrics["n_test"] == 8
+    top = pd.read_csv(paths.EXPLAIN / "top_patches.csv")
+    assert set(top["scale"]) == {"high"}

@@ -41,9 +41,9 @@ def write_explanations(out_dir: Path, model: MILClassifier, bags: BagSet, extras
     for j, sid in enumerate(bags.slide_ids):
         i = bags.positions[j]
         feats = bags.bag(j)
-        coords = {s: np.asarray(store.coords(i, s)) for s in store.scales}
-        att = {s: extras[j][f"attention_{s}"] for s in store.scales}
-        for scale in store.scales:
+        coords = {s: np.asarray(store.coords(i, s)) for s in bags.scales}
+        att = {s: extras[j][f"attention_{s}"] for s in bags.scales}
+        for scale in bags.scales:
             c = coords[scale]
             order = np.argsort(-att[scale], kind="stable")[:topk]
             top_rows += [{"fold": fold, "slide_id": sid, "scale": scale, "rank": r, "patch_index": int(k),
@@ -58,7 +58,7 @@ def write_explanations(out_dir: Path, model: MILClassifier, bags: BagSet, extras
                 counts = np.bincount(extras[j][key].astype(np.int64), minlength=model.branches[scale].sp.num_protos)
                 usage_rows += [{"fold": fold, "slide_id": sid, "scale": scale, "prototype": k, "patches": int(n)}
                                for k, n in enumerate(counts) if n]
-        if not any(np.isnan(coords[s]).any() for s in store.scales):
+        if not any(np.isnan(coords[s]).any() for s in bags.scales):
             pngs += write_slide_heatmaps(out_dir / "heatmaps", sid, coords, att)
     _append(out_dir / "top_patches.csv", top_rows)
     _append(out_dir / "rare_patches.csv", rare_rows)

@@ -31,10 +31,15 @@ from recomil.model.similarity import best_similarity, nearest_prototype, similar
 
 
 class EnhancerStage(nn.Module):
-    """Context recalibration of the instances by the current prototypes (METHOD.md §1.2.1–4)."""
+    """Context recalibration of the instances by the current prototypes (METHOD.md §1.2.1–4).
 
-    def __init__(self, embed_dim: int, drop: float) -> None:
+    With ``recalibrate=False`` (an ablation) the prototype context ``A C`` is left out:
+    ``P <- LayerNorm(P)``, then the residual MLP; the prototypes still reach the pooled tokens.
+    """
+
+    def __init__(self, embed_dim: int, drop: float, recalibrate: bool = True) -> None:
         super().__init__()
+        self.recalibrate = recalibrate
         self.norm = nn.LayerNorm(embed_dim)
         self.mlp = nn.Sequential(
             nn.Linear(embed_dim, embed_dim), nn.ReLU(), nn.Dropout(drop),
@@ -44,6 +49,9 @@ class EnhancerStage(nn.Module):
     def forward(self, p: torch.Tensor, c: torch.Tensor, w: torch.Tensor | None, *, method: str, topk: int,
                 temp: torch.Tensor, hard: bool) -> torch.Tensor:
         """Recalibrate ``p`` ``[N, E]`` by prototypes ``c`` ``[K, E]``; ``w`` ``[K]`` optional weights."""
+        if not self.recalibrate:
+            p = self.norm(p)
+            return p + self.mlp(p)
         with torch.autocast(device_type=p.device.type, enabled=False):
             s = similarity(p.float(), c.float(), method)
             if 0 < topk < s.shape[1]:
@@ -74,12 +82,13 @@ class ReCoBranch(nn.Module):
         counts: ``[K]`` k-means cluster counts for the rare weights, or None.
         gate_at_eval: apply the rarity gate at evaluation too.
         ortho_on_projected: orthogonal term on projected prototypes ``C`` instead of raw ``Π``.
+        recalibrate: add the prototype context to the instances (False: the ablation without it).
     """
 
     def __init__(self, sp: ScaleParams, feat_dim: int, num_classes: int, num_enhancers: int, drop: float,
                  prototypes: torch.Tensor | None = None, counts: torch.Tensor | None = None,
                  gate_at_eval: bool = False, ortho_on_projected: bool = False,
-                 checkpoint_min_patches: int = 16384) -> None:
+                 checkpoint_min_patches: int = 16384, recalibrate: bool = True) -> None:
         super().__init__()
         k, e = sp.num_protos, sp.embed_dim
         if k < 2 ** num_enhancers:
@@ -95,7 +104,7 @@ class ReCoBranch(nn.Module):
         self.proj_x = nn.Sequential(nn.Linear(feat_dim, e), nn.LeakyReLU())
         self.proj_c = nn.Sequential(nn.Linear(feat_dim, e), nn.LeakyReLU())
         sizes = [k // 2 ** i for i in range(num_enhancers)]
-        self.stages = nn.ModuleList(EnhancerStage(e, drop) for _ in sizes)
+        self.stages = nn.ModuleList(EnhancerStage(e, drop, recalibrate) for _ in sizes)
         self.reducers = nn.ModuleList(
             GraphReducer(ki, e, sp.graph_thresh, drop) if sp.use_graph_reducer else MLPReducer(ki, drop)
             for ki in sizes

@@ -51,7 +51,7 @@ def run_evaluate(p: Params) -> dict[str, Any]:
     shutil.rmtree(paths.EXPLAIN, ignore_errors=True)
     for k, split in enumerate(folds):
         model, _, _ = load_model(paths.MODELS / f"fold_{k}" / "best.pt")
-        test = BagSet(store, split["test"])
+        test = BagSet(store, split["test"], tuple(model.scales))
         probs, extras = predict_bags(model, (test.bag(j) for j in range(len(test))))
         m = classification_metrics(test.labels, probs)
         pngs += write_explanations(paths.EXPLAIN, model, test, extras, fold=k)

@@ -13,7 +13,13 @@ from recomil.config import Params
 from recomil.data.store import FeatureStore
 from recomil.pipeline import paths
 from recomil.pipeline.data_stages import load_split
-from recomil.prototypes.kmeans import StandardizedRows, feature_stats, minibatch_kmeans, sample_rows
+from recomil.prototypes.kmeans import (
+    StandardizedRows,
+    feature_stats,
+    lloyd_kmeans,
+    minibatch_kmeans,
+    sample_rows,
+)
 
 
 def run_prototypes(p: Params, scale: str, store_dir: Path = paths.STORE, split_path: Path = paths.SPLIT,
@@ -43,8 +49,13 @@ def run_prototypes(p: Params, scale: str, store_dir: Path = paths.STORE, split_p
                 mean, std = feature_stats(data, full)
                 view = StandardizedRows(data, mean, std)
             try:
-                res = minibatch_kmeans(view, sample, k, batch_size=p.kmeans_batch_size, max_iter=p.kmeans_max_iter,
+                if p.kmeans_algorithm == "lloyd":
+                    res = lloyd_kmeans(view, sample, k, working_rows=p.kmeans_lloyd_rows,
+                                       batch_size=p.kmeans_batch_size, max_iter=p.kmeans_max_iter,
                                        seed=p.seed + fold, count_rows=full)
+                else:
+                    res = minibatch_kmeans(view, sample, k, batch_size=p.kmeans_batch_size,
+                                           max_iter=p.kmeans_max_iter, seed=p.seed + fold, count_rows=full)
             except ValueError as exc:
                 raise ValueError(f"prototypes@{scale}, fold {fold}: {exc} (num_protos_{scale} = {k})") from None
             np.savez(tmp / f"fold_{fold}.npz", centres=res.centres, counts=res.counts, mean=mean, std=std)

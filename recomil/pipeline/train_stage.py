@@ -17,7 +17,7 @@ from recomil.pipeline.data_stages import load_split
 from recomil.pipeline.prototypes_stage import load_prototypes
 from recomil.training import distributed as ddp
 from recomil.training.tracking import Tracker
-from recomil.training.trainer import train_fold
+from recomil.training.trainer import model_params, train_fold
 
 
 def _launch_torchrun(nproc: int) -> dict[str, Any]:
@@ -57,9 +57,10 @@ def _train_all(p: Params, progress: bool) -> dict[str, Any]:
     if main:
         shutil.rmtree(paths.TRAIN_LOG, ignore_errors=True)
     summaries = []
+    scales = model_params(p, store).scales
     for k, split in enumerate(folds):
-        expect = {s: (p.scale(s).num_protos, store.dims[s]) for s in store.scales} if p.model == "recomil" else None
-        protos = load_prototypes(store.scales, k, paths.PROTOTYPES, expect)
+        expect = {s: (p.scale(s).num_protos, store.dims[s]) for s in scales} if p.model == "recomil" else None
+        protos = load_prototypes(scales, k, paths.PROTOTYPES, expect)
         tracker = Tracker(paths.TRAIN_LOG / f"fold_{k}.csv" if main else None,
                           mode=p.wandb_mode if main else "disabled", project=p.wandb_project,
                           name=f"train-fold{k}", group="recomil", config={**p.to_dict(), "fold": k},

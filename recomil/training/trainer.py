@@ -123,7 +123,7 @@ def train_fold(p: Params, store: FeatureStore, split: dict[str, list[str]],
                                      for s, v in prototypes.items() if "mean" in v}).to(device)
     opt = torch.optim.Adam(model.parameters(), lr=p.lr, weight_decay=p.weight_decay)
     scaler = torch.amp.GradScaler("cuda", enabled=amp == torch.float16)
-    train, val = BagSet(store, split["train"]), BagSet(store, split["val"])
+    train, val = BagSet(store, split["train"], mp.scales), BagSet(store, split["val"], mp.scales)
     weight = class_weights(train.labels, mp.num_classes).to(device) if p.class_weight else None
     policy = p.save_policy
     if policy in VAL_POLICIES and len(val) == 0:

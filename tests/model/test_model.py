@@ -26,6 +26,8 @@ OPTIONS = [
     {"gate_at_eval": True, "outlier_top_p_high": 0.2, "outlier_alpha_high": 1.0},
     {"gate_at_eval": True, "gate_in_embed_high": True, "outlier_top_p_high": 0.2},
     {"model": "abmil"},
+    {"recalibrate": False},
+    {"use_low_scale": False},
 ]
 
 
@@ -38,11 +40,12 @@ def test_logits_do_not_depend_on_patch_order(opts):
     torch.manual_seed(0)
     params = {**BASE, **opts}
     counts = {"high": torch.randint(0, 100, (16,)), "low": torch.randint(0, 100, (8,))}
-    if params.get("feat_dim_low", 10) is None:
+    single = params.get("feat_dim_low", 10) is None or params.get("use_low_scale") is False
+    if single:
         counts.pop("low")
     model = build_model(params, counts=None if params.get("model") == "abmil" else counts).eval()
     xh, xl = _bag(57, 12, 1), _bag(15, 10, 2)
-    if params.get("feat_dim_low", 10) is None:
+    if single:
         xl = None
     out = model(xh, xl)
     ph, pl = torch.randperm(57), torch.randperm(15)
@@ -193,3 +196,23 @@ def test_similarity_methods():
     torch.testing.assert_close(similarity(x, c, "dot"), x @ c.T)
     cos = torch.nn.functional.cosine_similarity(x[:, None], c[None], dim=-1)
     torch.testing.assert_close(similarity(x, c, "cosine"), cos, rtol=1e-5, atol=1e-6)
+
+
+def test_without_recalibration_instances_ignore_the_prototype_context():
+    """``recalibrate: false`` leaves ``A C`` out: a stage's output no longer depends on the prototypes."""
+    from recomil.model.branch import EnhancerStage
+
+    torch.manual_seed(0)
+    p, c1, c2 = torch.randn(9, 8), torch.randn(4, 8), torch.randn(4, 8)
+    kw = {"w": None, "method": "l2", "topk": 2, "temp": torch.tensor(1.0), "hard": False}
+    off, on = EnhancerStage(8, 0.0, recalibrate=False).eval(), EnhancerStage(8, 0.0).eval()
+    on.load_state_dict(off.state_dict())
+    torch.testing.assert_close(off(p, c1, **kw), off(p, c2, **kw))
+    assert not torch.allclose(on(p, c1, **kw), on(p, c2, **kw))
+
+
+def test_high_only_model_on_dual_scale_params():
+    model = build_model({**BASE, "use_low_scale": False})
+    assert model.scales == ["high"] and model.fusion is None
+    with pytest.raises(ValueError, match="single-scale"):
+        model(_bag(5, 12, 0), _bag(3, 10, 0))
