@@ -1,0 +1,463 @@
+"""Evidence in one command: writes ``benchmarks/RESULTS.md``.
+
+Usage::
+
+    python benchmarks/results.py                       # everything, the full specification
+    python benchmarks/results.py --sections accuracy   # one part (others are read from their caches)
+    python benchmarks/results.py --datasets musk1 elephant --seeds 1 2 3 --folds 5
+
+Parts (``--sections``):
+
+- ``accuracy``: k-fold cross-validated test metrics of ReCo-MIL with its defaults, the ABMIL
+  baseline and ablations (``ROWS``) on the demo cohort, a rarer demo variant and the real MIL
+  sets under ``--data-root`` (musk1, elephant). Every row uses the same folds and seeds. Each
+  (dataset, seed, row) is one job in its own directory (split, prototypes, train, evaluate);
+  ``--workers`` jobs run side by side, ``--threads`` torch threads each.
+- ``speed``: the model-step, store-vs-pkl and k-means benchmarks (their scripts, run here), and a
+  cold ``dvc repro`` of a fresh clone timed stage by stage.
+- ``scaling``: one training epoch (the train stage, ``epochs: 1``) against the number of slides
+  and against the bag size, each point in its own process; fitted power-law exponents.
+
+Every finished unit is cached as JSON under ``benchmarks/results/`` (so an interrupted run
+resumes, and the figures behind the Markdown stay inspectable); ``RESULTS.md`` is rebuilt from
+those files at the end of every run, with the machine, versions, date and the command of each part.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import multiprocessing as mp
+import os
+import platform
+import resource
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+CACHE = HERE / "results"
+
+ROWS: dict[str, dict[str, Any]] = {
+    "ReCo-MIL (defaults)": {},
+    "ABMIL baseline": {"model": "abmil"},
+    "no rarity gate": {"outlier_alpha_high": 0.0, "outlier_alpha_low": 0.0},
+    "no recalibration": {"recalibrate": False},
+    "high scale only": {"use_low_scale": False},
+    "graph reducer": {"use_graph_reducer_high": True, "use_graph_reducer_low": True},
+    "no orthogonal term": {"lambda_ortho_high": 0.0, "lambda_ortho_low": 0.0},
+    "original early stopping": {"early_stop_after_warmup": False},
+    "validation split 0.2": {"val_split": 0.2},
+}
+DUAL_ONLY = {"high scale only"}
+DEMO_SETS: dict[str, dict[str, Any]] = {
+    "demo": {"dataset": "demo"},
+    "demo-rare": {"dataset": "demo", "demo_tumour_min": 0.002, "demo_tumour_max": 0.02},
+}
+REAL_SETS = ("musk1", "elephant")
+
+
+def slug(name: str) -> str:
+    return "".join(c if c.isalnum() else "-" for c in name.lower()).strip("-")
+
+
+# ----------------------------------------------------------------------------------- accuracy
+def dataset_params(name: str, data_root: Path) -> dict[str, Any] | None:
+    """Params of one dataset, or None when its files are missing."""
+    if name in DEMO_SETS:
+        return dict(DEMO_SETS[name])
+    root = data_root / name
+    if not (root / "features").is_dir() or not (root / "labels.csv").is_file():
+        return None
+    return {"dataset": "folder", "root_dir_high": str((root / "features").resolve()),
+            "labels_csv": str((root / "labels.csv").resolve())}
+
+
+def _prepare_dataset(name: str, params: dict[str, Any], work: Path) -> Path:
+    """Demo generation and ingest once per dataset (seed-independent); returns its directory."""
+    from recomil.config import make_params
+    from recomil.pipeline import data_stages
+
+    home = work / name
+    if (home / "data" / "store" / "manifest.csv").is_file():
+        return home
+    home.mkdir(parents=True, exist_ok=True)
+    cwd = os.getcwd()
+    os.chdir(home)
+    try:
+        p = make_params({**params, "wandb_mode": "disabled"})
+        if p.dataset == "demo":
+            data_stages.run_demo(p)
+        data_stages.run_ingest(p, progress=False)
+    finally:
+        os.chdir(cwd)
+    return home
+
+
+def _job(args: tuple[str, dict[str, Any], int, int, str, str, int]) -> dict[str, Any]:
+    """One (dataset, seed, row) in its own directory: split, prototypes, train, evaluate.
+
+    The split and the prototypes depend on the dataset and the seed only, so every row of a seed
+    sees the same folds and the same initial prototypes.
+    """
+    name, params, seed, folds, row, work, threads = args
+    out = CACHE / "accuracy" / name / f"seed{seed}" / f"{slug(row)}.json"
+    if out.is_file():
+        return json.loads(out.read_text())
+    import torch
+
+    from recomil.config import make_params
+    from recomil.pipeline import data_stages, evaluate_stage, prototypes_stage, train_stage
+
+    torch.set_num_threads(threads)
+    home = Path(work) / name
+    job = home / f"seed{seed}" / slug(row)
+    shutil.rmtree(job, ignore_errors=True)
+    (job / "data").mkdir(parents=True)
+    for sub in ("store", "demo"):
+        target = home / "data" / sub
+        if target.exists():
+            (job / "data" / sub).symlink_to(target.resolve(), target_is_directory=True)
+    os.chdir(job)
+    p = make_params({**params, "seed": seed, "folds": folds, "wandb_mode": "disabled", **ROWS[row]})
+    t = time.perf_counter()
+    data_stages.run_split(p)
+    for scale in ("high", "low"):
+        prototypes_stage.run_prototypes(p, scale)
+    summary = train_stage.run_train(p, progress=False)
+    metrics = evaluate_stage.run_evaluate(p)
+    rec = {"dataset": name, "seed": seed, "folds": folds, "row": row, "overrides": ROWS[row],
+           "seconds": round(time.perf_counter() - t, 1),
+           "per_fold": metrics.get("per_fold", [metrics]),
+           "epochs": [f["epochs_run"] for f in summary["folds"]],
+           "best_epochs": [f["best_epoch"] for f in summary["folds"]],
+           "loc_auc": metrics.get("loc_auc")}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(".tmp")
+    tmp.write_text(json.dumps(rec, indent=1))
+    tmp.replace(out)
+    print(f"[{name} seed {seed}] {row}: AUC {np.mean([f['auc'] for f in rec['per_fold']]):.3f} "
+          f"({rec['seconds']:.0f} s)", flush=True)
+    os.chdir(REPO)
+    shutil.rmtree(job, ignore_errors=True)
+    return rec
+
+
+def run_accuracy(datasets: list[str], seeds: list[int], folds: int, rows: list[str], workers: int,
+                 threads: int, data_root: Path, work: Path) -> None:
+    command = " ".join(["python", "benchmarks/results.py", *sys.argv[1:]])
+    _write_meta("accuracy", {"datasets": datasets, "seeds": seeds, "folds": folds, "rows": rows, "command": command})
+    jobs = []
+    for name in datasets:
+        params = dataset_params(name, data_root)
+        if params is None:
+            print(f"accuracy: {name} not found under {data_root}; skipped", file=sys.stderr)
+            continue
+        _prepare_dataset(name, params, work)
+        use = [r for r in rows if not (r in DUAL_ONLY and name in REAL_SETS)]
+        jobs += [(name, params, s, folds, r, str(work), threads) for s in seeds for r in use]
+    ctx = mp.get_context("spawn")
+    with ctx.Pool(workers, maxtasksperchild=1) as pool:
+        for _ in pool.imap_unordered(_job, jobs):
+            pass
+    _write_meta("accuracy", {"datasets": datasets, "seeds": seeds, "folds": folds, "rows": rows, "command": command})
+
+
+def load_accuracy() -> list[dict[str, Any]]:
+    return [json.loads(f.read_text()) for f in sorted((CACHE / "accuracy").glob("*/seed*/*.json"))]
+
+
+def _paired(a: dict[tuple[int, int], float], b: dict[tuple[int, int], float]) -> tuple[float, float, int, int]:
+    """Mean and standard error of ``a - b`` over shared (seed, fold) runs; wins of a; pairs."""
+    keys = sorted(k for k in set(a) & set(b) if a[k] is not None and b[k] is not None)
+    d = np.array([a[k] - b[k] for k in keys])
+    if len(d) == 0:
+        return math.nan, math.nan, 0, 0
+    se = float(d.std(ddof=1) / math.sqrt(len(d))) if len(d) > 1 else math.nan
+    return float(d.mean()), se, int((d > 0).sum()), len(d)
+
+
+def accuracy_section(records: list[dict[str, Any]]) -> list[str]:
+    meta = _read_meta("accuracy")
+    if not records:
+        return ["## Accuracy", "", "Not run yet: `python benchmarks/results.py --sections accuracy`.", ""]
+    lines = ["## Accuracy", "",
+             f"Command: `{meta.get('command', 'python benchmarks/results.py')}` ({meta.get('date', '?')}).", "",
+             "Test AUC and accuracy of each fold's best checkpoint on that fold's test slides: mean +- std over "
+             "all (seed, fold) runs; `seed sd` is the standard deviation of the per-seed means. Every row of a "
+             "dataset uses the same folds and seeds. `vs default`: mean paired AUC difference (row minus "
+             "ReCo-MIL defaults) over the same (seed, fold) runs, +- its standard error, and how many runs the "
+             "row won.", ""]
+    by_ds: dict[str, dict[str, list[dict[str, Any]]]] = {}
+    for r in records:
+        by_ds.setdefault(r["dataset"], {}).setdefault(r["row"], []).append(r)
+    verdicts = []
+    for ds in [d for d in [*DEMO_SETS, *REAL_SETS] if d in by_ds] + sorted(set(by_ds) - {*DEMO_SETS, *REAL_SETS}):
+        rows = by_ds[ds]
+        seeds = sorted({r["seed"] for rs in rows.values() for r in rs})
+        folds = sorted({r["folds"] for rs in rows.values() for r in rs})
+        lines += [f"### {ds} ({folds[0]}-fold CV, seeds {seeds})", "",
+                  "| row | AUC | seed sd | accuracy | vs default (AUC) | epochs run | runs |",
+                  "| --- | --- | --- | --- | --- | --- | --- |"]
+        base = {(r["seed"], i): f["auc"] for r in rows.get("ReCo-MIL (defaults)", [])
+                for i, f in enumerate(r["per_fold"])}
+        for row in [r for r in ROWS if r in rows]:
+            rs = rows[row]
+            auc = {(r["seed"], i): f["auc"] for r in rs for i, f in enumerate(r["per_fold"])}
+            acc = [f["acc"] for r in rs for f in r["per_fold"]]
+            aucs = np.array([v for v in auc.values() if v is not None], dtype=float)
+            seed_means = [np.mean([f["auc"] for f in r["per_fold"] if f["auc"] is not None]) for r in rs]
+            epochs = [e for r in rs for e in r["epochs"]]
+            cmp = "-"
+            if row != "ReCo-MIL (defaults)" and base:
+                m, se, wins, n = _paired(auc, base)
+                cmp = f"{m:+.3f} +- {se:.3f} ({wins}/{n})"
+                if not math.isnan(m):
+                    verdicts.append((ds, row, m, se))
+            loc = [r["loc_auc"] for r in rs if r.get("loc_auc") is not None]
+            lines.append(f"| {row} | {aucs.mean():.3f} +- {aucs.std():.3f} | {np.std(seed_means):.3f} "
+                         f"| {np.mean(acc):.3f} +- {np.std(acc):.3f} | {cmp} | {np.mean(epochs):.1f} "
+                         f"| {len(aucs)} |" + (f" loc_auc {np.mean(loc):.3f}" if loc else ""))
+        lines.append("")
+    lines += ["### What helps and what does not", "",
+              "Read from the paired differences above (a component helps where removing it lowers the AUC by "
+              "more than two standard errors; the ABMIL row compares the baseline with ReCo-MIL):", ""]
+    for ds, row, m, se in verdicts:
+        if row == "ABMIL baseline":
+            what = "ReCo-MIL beats ABMIL" if m < -2 * se else ("ABMIL beats ReCo-MIL" if m > 2 * se
+                                                                else "ReCo-MIL and ABMIL do not differ measurably")
+        elif row == "validation split 0.2":
+            what = ("a 20 % validation split is better than 10 %" if m > 2 * se else
+                    "a 20 % validation split is worse than 10 %" if m < -2 * se else
+                    "20 % and 10 % validation splits do not differ measurably")
+        elif row == "original early stopping":
+            what = ("the original early-stopping rule is worse" if m < -2 * se else
+                    "the original early-stopping rule is better" if m > 2 * se else
+                    "the two early-stopping rules do not differ measurably")
+        elif m < -2 * se:
+            what = f"{row}: worse, so the component helps"
+        elif m > 2 * se:
+            what = f"{row}: better, so the component hurts here"
+        else:
+            what = f"{row}: no measurable difference, so the component does not help here"
+        lines.append(f"- {ds}: {what} ({m:+.3f} +- {se:.3f} AUC).")
+    return lines + [""]
+
+
+# -------------------------------------------------------------------------------------- speed
+def run_speed(quick: bool) -> None:
+    py = sys.executable
+    steps = [
+        ("model_step", [py, "benchmarks/model_step.py", *(["--sizes", "1000", "4000"] if quick else [])]),
+        ("store_io", [py, "benchmarks/store_io.py", *(["--slides", "10"] if quick else [])]),
+        ("kmeans", [py, "benchmarks/kmeans_vs_sklearn.py", *(["--rows", "100000", "--seeds", "1"] if quick else [])]),
+    ]
+    for name, cmd in steps:
+        print(f"speed: {' '.join(cmd[1:])}", flush=True)
+        subprocess.run(cmd, cwd=REPO, check=True, stdout=subprocess.DEVNULL)
+        _write_meta(name, {"command": " ".join(["python", *cmd[1:]])})
+    _write_meta("repro", {"stages": time_cold_repro(),
+                          "command": "git clone . <tmp> && dvc repro -s <stage>, in order"})
+
+
+def time_cold_repro() -> list[dict[str, Any]]:
+    """Clone the committed project, then time ``dvc repro -s`` of every stage in pipeline order."""
+    import tempfile
+
+    import yaml
+
+    dvc = shutil.which("dvc") or str(Path(sys.executable).with_name("dvc"))
+    order = []
+    for name, stage in yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"].items():
+        items = stage.get("foreach")
+        order += [f"{name}@{i}" for i in items] if items else [name]
+    out = []
+    with tempfile.TemporaryDirectory() as tmp:
+        clone = Path(tmp) / "clone"
+        subprocess.run(["git", "clone", "-q", str(REPO), str(clone)], check=True)
+        for stage in order:
+            t = time.perf_counter()
+            subprocess.run([dvc, "repro", "-s", stage], cwd=clone, check=True, stdout=subprocess.DEVNULL,
+                           stderr=subprocess.DEVNULL)
+            out.append({"stage": stage, "seconds": round(time.perf_counter() - t, 1)})
+            print(f"repro: {stage} {out[-1]['seconds']} s", flush=True)
+    return out
+
+
+def speed_section() -> list[str]:
+    lines = ["## Speed and memory", ""]
+    for name, title in (("model_step", "Model step against bag size (fp32, bf16)"),
+                        ("store_io", "Feature store against the original pkl files"),
+                        ("kmeans", "Prototype k-means against scikit-learn")):
+        md = HERE / f"{name}.md"
+        meta = _read_meta(name)
+        lines += [f"### {title}", ""]
+        if not md.is_file() or not meta:
+            lines += ["Not run yet: `python benchmarks/results.py --sections speed`.", ""]
+            continue
+        body = [ln for ln in md.read_text().splitlines() if not ln.startswith("# ")]
+        lines += [f"Run by this command on {meta['date']}: `{meta['command']}`.", *body, ""]
+    meta = _read_meta("repro")
+    lines += ["### Cold `dvc repro` of the demo, stage by stage", ""]
+    if not meta:
+        return lines + ["Not run yet: `python benchmarks/results.py --sections speed`.", ""]
+    total = sum(s["seconds"] for s in meta["stages"])
+    lines += [f"A fresh clone of the committed project, `dvc repro -s <stage>` in pipeline order ({meta['date']}).",
+              "", "| stage | seconds | share |", "| --- | --- | --- |"]
+    lines += [f"| {s['stage']} | {s['seconds']:.1f} | {s['seconds'] / total:.0%} |" for s in meta["stages"]]
+    return lines + [f"| total | {total:.1f} | |", ""]
+
+
+# ------------------------------------------------------------------------------------ scaling
+def _epoch_child(slides: int, patches: int, dim: int) -> dict[str, Any]:
+    """One training epoch of the train stage on a generated cohort, in this (fresh) process."""
+    import tempfile
+
+    import torch
+
+    from recomil.config import make_params
+    from recomil.pipeline import data_stages, prototypes_stage, train_stage
+
+    torch.set_num_threads(os.cpu_count() or 1)
+    with tempfile.TemporaryDirectory() as tmp:
+        os.chdir(tmp)
+        p = make_params({"demo_train_slides": slides, "demo_test_slides": 2, "demo_feat_dim": dim,
+                         "demo_min_patches": patches, "demo_max_patches": patches, "epochs": 1,
+                         "warmup_epochs": 1, "freeze_protos_epochs": 0, "no_val": True, "wandb_mode": "disabled",
+                         "kmeans_max_iter": 5})
+        data_stages.run_demo(p)
+        data_stages.run_ingest(p, progress=False)
+        data_stages.run_split(p)
+        for scale in ("high", "low"):
+            prototypes_stage.run_prototypes(p, scale)
+        base_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        t = time.perf_counter()
+        train_stage.run_train(p, progress=False)
+        seconds = time.perf_counter() - t
+    return {"slides": slides, "patches": patches, "dim": dim, "seconds": seconds,
+            "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "before_train_mb": base_mb}
+
+
+def run_scaling(quick: bool) -> None:
+    slide_grid = [8, 16, 32] if quick else [8, 16, 32, 64]
+    patch_grid = [500, 1000, 2000] if quick else [500, 1000, 2000, 4000, 8000]
+    points = [("slides", s, 1000) for s in slide_grid] + [("patches", 8, n) for n in patch_grid]
+    out = []
+    for axis, slides, patches in points:
+        res = subprocess.run([sys.executable, __file__, "--epoch-child", str(slides), str(patches), "768"],
+                             cwd=REPO, capture_output=True, text=True, check=True)
+        rec = {"axis": axis, **json.loads(res.stdout.strip().splitlines()[-1])}
+        out.append(rec)
+        print(f"scaling: {slides} slides x {patches} patches: {rec['seconds']:.1f} s, {rec['peak_mb']:.0f} MB",
+              flush=True)
+    _write_meta("scaling", {"points": out, "command": "python benchmarks/results.py --sections scaling"})
+
+
+def fit_exponent(x: list[float], y: list[float]) -> float:
+    """Least-squares slope of log y on log x (the b of y = a x^b)."""
+    return float(np.polyfit(np.log(x), np.log(y), 1)[0])
+
+
+def scaling_section() -> list[str]:
+    meta = _read_meta("scaling")
+    lines = ["## Scaling", ""]
+    if not meta:
+        return lines + ["Not run yet: `python benchmarks/results.py --sections scaling`.", ""]
+    lines += [f"One training epoch of the train stage (dual scale, D = 768, low = 1/4 of the high patches, "
+              f"default model, no validation), each point in a fresh process ({meta['date']}). Time is the "
+              "train stage's wall time (model building, store reading, the epoch, the checkpoint); peak memory "
+              "is the process's peak resident set (the generated cohort's store is memory-mapped).", ""]
+    for axis, label in (("slides", "slides (1,000 patches each)"), ("patches", "patches per slide (8 slides)")):
+        pts = [p for p in meta["points"] if p["axis"] == axis]
+        if len(pts) < 2:
+            continue
+        xs = [p[axis] for p in pts]
+        lines += [f"| {label} | seconds | peak MB |", "| --- | --- | --- |"]
+        lines += [f"| {p[axis]:,} | {p['seconds']:.1f} | {p['peak_mb']:.0f} |" for p in pts]
+        te = fit_exponent(xs, [p["seconds"] for p in pts])
+        me = fit_exponent(xs, [p["peak_mb"] for p in pts])
+        lines += ["", f"Fitted exponents against {axis}: time ~ {axis}^{te:.2f}, peak memory ~ {axis}^{me:.2f}.", ""]
+    return lines
+
+
+# ------------------------------------------------------------------------------------- output
+def _write_meta(name: str, meta: dict[str, Any]) -> None:
+    CACHE.mkdir(parents=True, exist_ok=True)
+    meta = {**meta, "date": time.strftime("%Y-%m-%d %H:%M")}
+    (CACHE / f"{name}.json").write_text(json.dumps(meta, indent=1))
+
+
+def _read_meta(name: str) -> dict[str, Any]:
+    f = CACHE / f"{name}.json"
+    return json.loads(f.read_text()) if f.is_file() else {}
+
+
+def machine() -> list[str]:
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        for ln in Path("/proc/cpuinfo").read_text().splitlines():
+            if ln.startswith("model name"):
+                cpu = ln.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2 ** 30
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True,
+                            text=True).stdout.strip()
+    return [f"- Machine: {cpu}, {os.cpu_count()} cores, {mem:.0f} GB, "
+            f"{'CUDA ' + torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'no GPU'}",
+            f"- Versions: Python {platform.python_version()}, torch {torch.__version__}, numpy {np.__version__}, "
+            f"recomil at commit {commit or '?'}",
+            f"- Written: {time.strftime('%Y-%m-%d %H:%M')}"]
+
+
+def write_results(path: Path) -> None:
+    lines = ["# recomil: evidence", "",
+             "Written by `python benchmarks/results.py` (see its docstring for the parts and options); every "
+             "figure below comes from the JSON files under `benchmarks/results/` that the run wrote.", "",
+             *machine(), "", *accuracy_section(load_accuracy()), *speed_section(), *scaling_section()]
+    path.write_text("\n".join(lines) + "\n")
+    print(f"wrote {path}")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--sections", nargs="+", default=["accuracy", "speed", "scaling"],
+                    choices=["accuracy", "speed", "scaling", "none"])
+    ap.add_argument("--datasets", nargs="+", default=[*DEMO_SETS, *REAL_SETS])
+    ap.add_argument("--rows", nargs="+", default=list(ROWS), choices=list(ROWS))
+    ap.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
+    ap.add_argument("--folds", type=int, default=5)
+    ap.add_argument("--workers", type=int, default=max(1, (os.cpu_count() or 1) // 2))
+    ap.add_argument("--threads", type=int, default=1, help="torch threads per accuracy worker")
+    ap.add_argument("--data-root", type=Path, default=REPO.parent / "shared" / "data")
+    ap.add_argument("--work", type=Path, default=REPO / ".recomil" / "results-work")
+    ap.add_argument("--quick", action="store_true", help="smaller speed and scaling grids")
+    ap.add_argument("--out", type=Path, default=HERE / "RESULTS.md")
+    ap.add_argument("--epoch-child", nargs=3, type=int, default=None, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.epoch_child:
+        print(json.dumps(_epoch_child(*args.epoch_child)))
+        return
+    os.chdir(REPO)
+    if "accuracy" in args.sections:
+        run_accuracy(args.datasets, args.seeds, args.folds, args.rows, args.workers, args.threads,
+                     args.data_root, args.work)
+    if "speed" in args.sections:
+        run_speed(args.quick)
+    if "scaling" in args.sections:
+        run_scaling(args.quick)
+    write_results(args.out)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,50 @@
+"""The evidence report's arithmetic (benchmarks/results.py): exponents, paired differences, verdicts."""
+
+import importlib.util
+import math
+
+import numpy as np
+import pytest
+
+from tests.conftest import REPO
+
+
+@pytest.fixture(scope="module")
+def results():
+    spec = importlib.util.spec_from_file_location("results", REPO / "benchmarks" / "results.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_fit_exponent_recovers_power_laws(results):
+    x = [8, 16, 32, 64]
+    assert results.fit_exponent(x, [3.0 * v ** 1.0 for v in x]) == pytest.approx(1.0)
+    assert results.fit_exponent(x, [5.0 * v ** 0.5 for v in x]) == pytest.approx(0.5)
+    assert results.fit_exponent(x, [7.0 for _ in x]) == pytest.approx(0.0, abs=1e-12)
+
+
+def test_paired_difference_uses_shared_runs_only(results):
+    a = {(1, 0): 0.9, (1, 1): 0.8, (2, 0): 0.7, (3, 0): None}
+    b = {(1, 0): 0.8, (1, 1): 0.8, (2, 0): 0.5, (9, 9): 0.1}
+    mean, se, wins, n = results._paired(a, b)
+    d = np.array([0.1, 0.0, 0.2])
+    assert n == 3 and wins == 2
+    assert mean == pytest.approx(d.mean()) and se == pytest.approx(d.std(ddof=1) / math.sqrt(3))
+
+
+def _rec(row, seed, aucs):
+    return {"dataset": "toy", "seed": seed, "folds": len(aucs), "row": row, "per_fold":
+            [{"auc": a, "acc": a} for a in aucs], "epochs": [20] * len(aucs), "loc_auc": None}
+
+
+def test_accuracy_section_states_where_a_component_does_not_help(results):
+    recs = []
+    for seed in (1, 2, 3):
+        recs.append(_rec("ReCo-MIL (defaults)", seed, [0.80, 0.85, 0.90]))
+        recs.append(_rec("no rarity gate", seed, [0.80 + 0.001 * seed, 0.85 - 0.001 * seed, 0.90]))
+        recs.append(_rec("no orthogonal term", seed, [0.60, 0.65, 0.70 + 0.01 * seed]))
+    text = "\n".join(results.accuracy_section(recs))
+    assert "| ReCo-MIL (defaults) | 0.850 +- 0.041 |" in text
+    assert "no rarity gate: no measurable difference, so the component does not help here" in text
+    assert "no orthogonal term: worse, so the component helps" in text
