@@ -23,6 +23,7 @@ import json
 import math
 import os
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -157,6 +158,7 @@ def train_fold(p: Params, store: FeatureStore, split: dict[str, list[str]],
         order = ddp.shard(np.random.default_rng([p.seed, fold, epoch]).permutation(len(train)), rank, world)
         sums = {"ce": 0.0, "loss": 0.0, **{f"ortho_{s}": 0.0 for s in mp.scales}}
         fusion = []
+        started = time.perf_counter()
         bar = tqdm(order, desc=f"fold {fold} epoch {epoch}/{p.epochs}", unit="bag",
                    disable=None if progress and main else True,
                    file=sys.stderr, leave=False)
@@ -189,7 +191,8 @@ def train_fold(p: Params, store: FeatureStore, split: dict[str, list[str]],
         steps = max(1.0, totals.pop("_steps"))
         row: dict[str, Any] = {"epoch": epoch, "lr": lr, **{k: v / steps for k, v in totals.items()},
                                **{f"tau_{s}": t for s, t in taus.items()},
-                               "fusion_weight": float(np.mean(fusion)) if fusion else None}
+                               "fusion_weight": float(np.mean(fusion)) if fusion else None,
+                               "train_seconds": round(time.perf_counter() - started, 3)}
         val_auc = val_acc = None
         if len(val):
             mine = list(range(len(val)))[rank::world]
