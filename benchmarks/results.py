@@ -183,6 +183,28 @@ def _paired(a: dict[tuple[int, int], float], b: dict[tuple[int, int], float]) ->
     return float(d.mean()), se, int((d > 0).sum()), len(d)
 
 
+REMOVES = {"no rarity gate": "the rarity gate", "no recalibration": "prototype recalibration",
+           "no orthogonal term": "the orthogonal term", "high scale only": "the low-magnification branch"}
+REPLACES = {"ABMIL baseline": ("ReCo-MIL", "the ABMIL baseline"),
+            "graph reducer": ("the MLP reducer (default)", "the graph reducer"),
+            "original early stopping": ("patience counted after warm-up (default)", "the original early stopping"),
+            "validation split 0.2": ("a 10 % validation split (default)", "a 20 % validation split")}
+
+
+def verdict(row: str, m: float, se: float) -> str:
+    """One sentence from a paired AUC difference ``m`` (row minus defaults) and its standard error."""
+    lower, higher = m < -2 * se, m > 2 * se
+    if row in REMOVES:
+        comp = REMOVES[row]
+        return (f"{comp} helps" if lower else f"{comp} hurts here" if higher
+                else f"{comp} does not measurably help here")
+    if row in REPLACES:
+        default, other = REPLACES[row]
+        return (f"{default} beats {other}" if lower else f"{other} beats {default}" if higher
+                else f"{default} and {other} do not differ measurably")
+    return f"{row}: " + ("lower AUC" if lower else "higher AUC" if higher else "no measurable difference")
+
+
 def accuracy_section(records: list[dict[str, Any]]) -> list[str]:
     if not records:
         return ["## Accuracy", "", "Not run yet: `python benchmarks/results.py --sections accuracy`.", ""]
@@ -226,27 +248,10 @@ def accuracy_section(records: list[dict[str, Any]]) -> list[str]:
                          f"| {len(aucs)} |" + (f" loc_auc {np.mean(loc):.3f}" if loc else ""))
         lines.append("")
     lines += ["### What helps and what does not", "",
-              "Read from the paired differences above (a component helps where removing it lowers the AUC by "
-              "more than two standard errors; the ABMIL row compares the baseline with ReCo-MIL):", ""]
+              "Read from the paired differences above: a difference counts where it exceeds two standard errors "
+              "(the (seed, fold) runs are treated as independent, which flatters the precision somewhat).", ""]
     for ds, row, m, se in verdicts:
-        if row == "ABMIL baseline":
-            what = "ReCo-MIL beats ABMIL" if m < -2 * se else ("ABMIL beats ReCo-MIL" if m > 2 * se
-                                                                else "ReCo-MIL and ABMIL do not differ measurably")
-        elif row == "validation split 0.2":
-            what = ("a 20 % validation split is better than 10 %" if m > 2 * se else
-                    "a 20 % validation split is worse than 10 %" if m < -2 * se else
-                    "20 % and 10 % validation splits do not differ measurably")
-        elif row == "original early stopping":
-            what = ("the original early-stopping rule is worse" if m < -2 * se else
-                    "the original early-stopping rule is better" if m > 2 * se else
-                    "the two early-stopping rules do not differ measurably")
-        elif m < -2 * se:
-            what = f"{row}: worse, so the component helps"
-        elif m > 2 * se:
-            what = f"{row}: better, so the component hurts here"
-        else:
-            what = f"{row}: no measurable difference, so the component does not help here"
-        lines.append(f"- {ds}: {what} ({m:+.3f} +- {se:.3f} AUC).")
+        lines.append(f"- {ds}: {verdict(row, m, se)} ({m:+.3f} +- {se:.3f} AUC).")
     return lines + [""]
 
 

@@ -46,5 +46,11 @@ def test_accuracy_section_states_where_a_component_does_not_help(results):
         recs.append(_rec("no orthogonal term", seed, [0.60, 0.65, 0.70 + 0.01 * seed]))
     text = "\n".join(results.accuracy_section(recs))
     assert "| ReCo-MIL (defaults) | 0.850 +- 0.041 |" in text
-    assert "no rarity gate: no measurable difference, so the component does not help here" in text
-    assert "no orthogonal term: worse, so the component helps" in text
+    assert "the rarity gate does not measurably help here" in text
+    assert "the orthogonal term helps" in text
+
+
+def test_verdicts_for_replacements(results):
+    assert results.verdict("ABMIL baseline", -0.05, 0.01) == "ReCo-MIL beats the ABMIL baseline"
+    assert results.verdict("graph reducer", 0.05, 0.01) == "the graph reducer beats the MLP reducer (default)"
+    assert "do not differ measurably" in results.verdict("original early stopping", -0.01, 0.01)
