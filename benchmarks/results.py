@@ -55,6 +55,7 @@ ROWS: dict[str, dict[str, Any]] = {
     "no orthogonal term": {"lambda_ortho_high": 0.0, "lambda_ortho_low": 0.0},
     "original early stopping": {"early_stop_after_warmup": False},
     "validation split 0.2": {"val_split": 0.2},
+    "last epoch, no selection": {"save_policy": "last"},
 }
 DUAL_ONLY = {"high scale only"}
 DEMO_SETS: dict[str, dict[str, Any]] = {
@@ -188,7 +189,9 @@ REMOVES = {"no rarity gate": "the rarity gate", "no recalibration": "prototype r
 REPLACES = {"ABMIL baseline": ("ReCo-MIL", "the ABMIL baseline"),
             "graph reducer": ("the MLP reducer (default)", "the graph reducer"),
             "original early stopping": ("patience counted after warm-up (default)", "the original early stopping"),
-            "validation split 0.2": ("a 10 % validation split (default)", "a 20 % validation split")}
+            "validation split 0.2": ("a 10 % validation split (default)", "a 20 % validation split"),
+            "last epoch, no selection": ("selection and early stopping on validation (default)",
+                                         "training all epochs and keeping the last")}
 
 
 def verdict(row: str, m: float, se: float) -> str:
