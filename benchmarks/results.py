@@ -32,6 +32,7 @@ import multiprocessing as mp
 import os
 import platform
 import resource
+import shlex
 import shutil
 import subprocess
 import sys
@@ -153,14 +154,17 @@ def _job(args: tuple[str, dict[str, Any], int, int, str, str, int]) -> dict[str,
 
 def run_accuracy(datasets: list[str], seeds: list[int], folds: int, rows: list[str], workers: int,
                  threads: int, data_root: Path, work: Path) -> None:
-    command = " ".join(["python", "benchmarks/results.py", *sys.argv[1:]])
+    command = shlex.join(["python", "benchmarks/results.py", *sys.argv[1:]])
     jobs = []
     for name in datasets:
         params = dataset_params(name, data_root)
         if params is None:
             print(f"accuracy: {name} not found under {data_root}; skipped", file=sys.stderr)
             continue
-        _write_meta(f"accuracy-{name}", {"seeds": seeds, "folds": folds, "rows": rows, "command": command})
+        earlier = _read_meta(f"accuracy-{name}")
+        runs = earlier.get("runs", [{k: earlier[k] for k in ("command", "date") if k in earlier}] if earlier else [])
+        runs.append({"command": command, "date": time.strftime("%Y-%m-%d %H:%M")})
+        _write_meta(f"accuracy-{name}", {"runs": runs})
         _prepare_dataset(name, params, work)
         use = [r for r in rows if not (r in DUAL_ONLY and name in REAL_SETS)]
         jobs += [(name, params, s, folds, r, str(work), threads) for s in seeds for r in use]
@@ -227,7 +231,8 @@ def accuracy_section(records: list[dict[str, Any]]) -> list[str]:
         folds = sorted({r["folds"] for rs in rows.values() for r in rs})
         meta = _read_meta(f"accuracy-{ds}") or _read_meta("accuracy")
         lines += [f"### {ds} ({folds[0]}-fold CV, seeds {seeds})", "",
-                  f"Command: `{meta.get('command', '?')}` (started {meta.get('date', '?')}).", "",
+                  *[f"Command: `{r.get('command', '?')}` (started {r.get('date', '?')})." for r in
+                    meta.get("runs", [meta] if meta else [])], "",
                   "| row | AUC | seed sd | accuracy | vs default (AUC) | epochs run | runs |",
                   "| --- | --- | --- | --- | --- | --- | --- |"]
         base = {(r["seed"], i): f["auc"] for r in rows.get("ReCo-MIL (defaults)", [])
