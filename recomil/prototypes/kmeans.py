@@ -115,10 +115,8 @@ def minibatch_kmeans(data: np.ndarray, rows: np.ndarray, k: int, *, batch_size: 
         ValueError: no rows, or fewer rows than ``k``.
     """
     t0 = time.perf_counter()
-    rows = _check_rows(rows, k)
+    rows, rng, gen = _start(rows, k, seed)
     n = rows.shape[0]
-    rng = np.random.default_rng(seed)
-    gen = torch.Generator().manual_seed(seed)
     init_rows = rng.choice(rows, size=min(n, max(3 * batch_size, 10 * k)), replace=False)
     centres = _kmeans_pp(_gather(data, init_rows), k, gen, greedy=True)
     counts = torch.zeros(k)
@@ -179,10 +177,8 @@ def lloyd_kmeans(data: np.ndarray, rows: np.ndarray, k: int, *, working_rows: in
         ValueError: no rows, or fewer rows than ``k``.
     """
     t0 = time.perf_counter()
-    rows = _check_rows(rows, k)
+    rows, rng, gen = _start(rows, k, seed)
     n = rows.shape[0]
-    rng = np.random.default_rng(seed)
-    gen = torch.Generator().manual_seed(seed)
     work = rows if n <= working_rows else rng.choice(rows, size=max(working_rows, k), replace=False)
     x = _gather(data, work)
     init = torch.randperm(x.shape[0], generator=gen)[: max(3 * batch_size, 10 * k)]
@@ -215,13 +211,14 @@ def lloyd_kmeans(data: np.ndarray, rows: np.ndarray, k: int, *, working_rows: in
                         int(n), steps, time.perf_counter() - t0)
 
 
-def _check_rows(rows: np.ndarray, k: int) -> np.ndarray:
+def _start(rows: np.ndarray, k: int, seed: int) -> tuple[np.ndarray, np.random.Generator, torch.Generator]:
+    """Checked int64 rows and the two seeded generators every fit draws from."""
     rows = np.asarray(rows, dtype=np.int64)
     if rows.shape[0] == 0:
         raise ValueError("k-means: no training instances")
     if rows.shape[0] < k:
         raise ValueError(f"k-means: {k} clusters requested but only {rows.shape[0]} training instances available")
-    return rows
+    return rows, np.random.default_rng(seed), torch.Generator().manual_seed(seed)
 
 
 def _read_into(data: np.ndarray, rows: np.ndarray, out: np.ndarray) -> np.ndarray:
