@@ -54,3 +54,12 @@ def test_verdicts_for_replacements(results):
     assert results.verdict("ABMIL baseline", -0.05, 0.01) == "ReCo-MIL beats the ABMIL baseline"
     assert results.verdict("graph reducer", 0.05, 0.01) == "the graph reducer beats the MLP reducer (default)"
     assert "do not differ measurably" in results.verdict("original early stopping", -0.01, 0.01)
+
+
+def test_coverage_lists_what_the_full_specification_still_needs(results):
+    recs = [_rec(row, s, [0.8]) | {"dataset": "musk1"} for row in results.ROWS for s in (1, 2, 3)
+            if row != "high scale only"]
+    recs = [r for r in recs if not (r["row"] == "graph reducer" and r["seed"] == 3)]
+    gaps = results.coverage(recs)
+    assert "musk1: graph reducer (seeds 3)" in gaps
+    assert "elephant: everything" in gaps and not any(g.startswith("musk1") and "high scale" in g for g in gaps)
