@@ -227,6 +227,34 @@ def coverage(records: list[dict[str, Any]], seeds: tuple[int, ...] = (1, 2, 3)) 
     return out
 
 
+def glance(verdicts: list[tuple[str, str, float, float]], datasets: list[str]) -> list[str]:
+    """One table of every row's paired AUC difference against the defaults, data sets as columns.
+
+    A cell is ``diff +- SE``, marked ``**`` where the difference exceeds two standard errors;
+    ``n/a`` where the row does not apply (single-scale data), ``not run`` where no result is cached.
+    """
+    if not verdicts:
+        return []
+    got = {(ds, row): (m, se) for ds, row, m, se in verdicts}
+    out = ["### At a glance", "",
+           "Paired AUC difference against ReCo-MIL (defaults), row minus default, +- standard error; `**`: "
+           "beyond two standard errors. Per-data-set tables and the sentences below give the details.", "",
+           "| row | " + " | ".join(datasets) + " |", "| --- |" + " --- |" * len(datasets)]
+    for row in [r for r in ROWS if r != "ReCo-MIL (defaults)"]:
+        cells = []
+        for ds in datasets:
+            if row in DUAL_ONLY and ds in REAL_SETS:
+                cells.append("n/a")
+            elif (ds, row) not in got:
+                cells.append("not run")
+            else:
+                m, se = got[(ds, row)]
+                mark = "**" if abs(m) > 2 * se else ""
+                cells.append(f"{mark}{m:+.3f} +- {se:.3f}{mark}")
+        out.append(f"| {row} | " + " | ".join(cells) + " |")
+    return out + [""]
+
+
 def accuracy_section(records: list[dict[str, Any]]) -> list[str]:
     if not records:
         return ["## Accuracy", "", "Not run yet: `python benchmarks/results.py --sections accuracy`.", ""]
@@ -236,11 +264,13 @@ def accuracy_section(records: list[dict[str, Any]]) -> list[str]:
              "dataset uses the same folds and seeds. `vs default`: mean paired AUC difference (row minus "
              "ReCo-MIL defaults) over the same (seed, fold) runs, +- its standard error, and how many runs the "
              "row won.", ""]
+    intro = len(lines)
     by_ds: dict[str, dict[str, list[dict[str, Any]]]] = {}
     for r in records:
         by_ds.setdefault(r["dataset"], {}).setdefault(r["row"], []).append(r)
     verdicts = []
-    for ds in [d for d in [*DEMO_SETS, *REAL_SETS] if d in by_ds] + sorted(set(by_ds) - {*DEMO_SETS, *REAL_SETS}):
+    order = [d for d in [*DEMO_SETS, *REAL_SETS] if d in by_ds] + sorted(set(by_ds) - {*DEMO_SETS, *REAL_SETS})
+    for ds in order:
         rows = by_ds[ds]
         seeds = sorted({r["seed"] for rs in rows.values() for r in rs})
         folds = sorted({r["folds"] for rs in rows.values() for r in rs})
@@ -270,6 +300,7 @@ def accuracy_section(records: list[dict[str, Any]]) -> list[str]:
                          f"| {np.mean(acc):.3f} +- {np.std(acc):.3f} | {cmp} | {np.mean(epochs):.1f} "
                          f"| {len(aucs)} | {f'{np.mean(loc):.3f}' if loc else '-'} |")
         lines.append("")
+    lines[intro:intro] = glance(verdicts, order)
     missing = coverage(records)
     if missing:
         lines += ["### Not run yet", "",

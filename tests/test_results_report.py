@@ -63,3 +63,14 @@ def test_coverage_lists_what_the_full_specification_still_needs(results):
     gaps = results.coverage(recs)
     assert "musk1: graph reducer (seeds 3)" in gaps
     assert "elephant: everything" in gaps and not any(g.startswith("musk1") and "high scale" in g for g in gaps)
+
+
+def test_glance_table_marks_clear_differences_and_gaps(results):
+    verdicts = [("musk1", "no rarity gate", -0.05, 0.01), ("musk1", "graph reducer", 0.01, 0.02),
+                ("demo", "high scale only", -0.002, 0.004)]
+    text = "\n".join(results.glance(verdicts, ["demo", "musk1"]))
+    assert "| row | demo | musk1 |" in text
+    assert "| no rarity gate | not run | **-0.050 +- 0.010** |" in text
+    assert "| graph reducer | not run | +0.010 +- 0.020 |" in text
+    assert "| high scale only | -0.002 +- 0.004 | n/a |" in text
+    assert results.glance([], ["demo"]) == []
