@@ -296,7 +296,8 @@ def accuracy_section(records: list[dict[str, Any]]) -> list[str]:
                 if not math.isnan(m):
                     verdicts.append((ds, row, m, se))
             loc = [r["loc_auc"] for r in rs if r.get("loc_auc") is not None]
-            lines.append(f"| {row} | {aucs.mean():.3f} +- {aucs.std():.3f} | {np.std(seed_means):.3f} "
+            seed_sd = f"{np.std(seed_means):.3f}" if len(seed_means) > 1 else "-"
+            lines.append(f"| {row} | {aucs.mean():.3f} +- {aucs.std():.3f} | {seed_sd} "
                          f"| {np.mean(acc):.3f} +- {np.std(acc):.3f} | {cmp} | {np.mean(epochs):.1f} "
                          f"| {len(aucs)} | {f'{np.mean(loc):.3f}' if loc else '-'} |")
         lines.append("")
