@@ -227,6 +227,17 @@ def coverage(records: list[dict[str, Any]], seeds: tuple[int, ...] = (1, 2, 3)) 
     return out
 
 
+def near_chance(ds: str, aucs: list[float]) -> str | None:
+    """A warning sentence when the defaults' mean test AUC is within two standard errors of 0.5."""
+    if len(aucs) < 2:
+        return None
+    m, se = float(np.mean(aucs)), float(np.std(aucs, ddof=1) / math.sqrt(len(aucs)))
+    if abs(m - 0.5) > 2 * se:
+        return None
+    return (f"{ds}: ReCo-MIL (defaults) is not measurably better than chance here (AUC {m:.3f} +- {se:.3f}), "
+            "so its comparisons on this data set say little about the components.")
+
+
 def glance(verdicts: list[tuple[str, str, float, float]], datasets: list[str]) -> list[str]:
     """One table of every row's paired AUC difference against the defaults, data sets as columns.
 
@@ -269,6 +280,7 @@ def accuracy_section(records: list[dict[str, Any]]) -> list[str]:
     for r in records:
         by_ds.setdefault(r["dataset"], {}).setdefault(r["row"], []).append(r)
     verdicts = []
+    cautions: list[str] = []
     order = [d for d in [*DEMO_SETS, *REAL_SETS] if d in by_ds] + sorted(set(by_ds) - {*DEMO_SETS, *REAL_SETS})
     for ds in order:
         rows = by_ds[ds]
@@ -282,6 +294,8 @@ def accuracy_section(records: list[dict[str, Any]]) -> list[str]:
                   "| --- | --- | --- | --- | --- | --- | --- | --- |"]
         base = {(r["seed"], i): f["auc"] for r in rows.get("ReCo-MIL (defaults)", [])
                 for i, f in enumerate(r["per_fold"])}
+        if chance := near_chance(ds, [v for v in base.values() if v is not None]):
+            cautions.append(chance)
         for row in [r for r in ROWS if r in rows]:
             rs = rows[row]
             auc = {(r["seed"], i): f["auc"] for r in rs for i, f in enumerate(r["per_fold"])}
@@ -311,6 +325,7 @@ def accuracy_section(records: list[dict[str, Any]]) -> list[str]:
     lines += ["### What helps and what does not", "",
               "Read from the paired differences above: a difference counts where it exceeds two standard errors "
               "(the (seed, fold) runs are treated as independent, which flatters the precision somewhat).", ""]
+    lines += [f"- {c}" for c in cautions]
     for ds, row, m, se in verdicts:
         lines.append(f"- {ds}: {verdict(row, m, se)} ({m:+.3f} +- {se:.3f} AUC).")
     return lines + [""]

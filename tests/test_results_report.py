@@ -74,3 +74,12 @@ def test_glance_table_marks_clear_differences_and_gaps(results):
     assert "| graph reducer | not run | +0.010 +- 0.020 |" in text
     assert "| high scale only | -0.002 +- 0.004 | n/a |" in text
     assert results.glance([], ["demo"]) == []
+
+
+def test_near_chance_warns_only_when_defaults_are_indistinguishable_from_chance(results):
+    assert "not measurably better than chance" in results.near_chance("rare", [0.45, 0.55, 0.50, 0.52])
+    assert results.near_chance("musk1", [0.90, 0.95, 0.92, 0.97]) is None
+    assert results.near_chance("one", [0.5]) is None
+    recs = [_rec("ReCo-MIL (defaults)", s, [0.40, 0.60, 0.50]) for s in (1, 2, 3)]
+    assert "toy: ReCo-MIL (defaults) is not measurably better than chance" in "\n".join(
+        results.accuracy_section(recs))
