@@ -198,9 +198,14 @@ REPLACES = {"ABMIL baseline": ("ReCo-MIL", "the ABMIL baseline"),
                                          "training all epochs and keeping the last")}
 
 
+def beyond_two_se(diff: float, se: float) -> bool:
+    """The report's one significance rule: a difference counts where it exceeds two standard errors."""
+    return abs(diff) > 2 * se
+
+
 def verdict(row: str, m: float, se: float) -> str:
     """One sentence from a paired AUC difference ``m`` (row minus defaults) and its standard error."""
-    lower, higher = m < -2 * se, m > 2 * se
+    lower, higher = beyond_two_se(m, se) and m < 0, beyond_two_se(m, se) and m > 0
     if row in REMOVES:
         comp = REMOVES[row]
         return (f"{comp} helps" if lower else f"{comp} hurts here" if higher
@@ -232,7 +237,7 @@ def near_chance(ds: str, aucs: list[float]) -> str | None:
     if len(aucs) < 2:
         return None
     m, se = float(np.mean(aucs)), float(np.std(aucs, ddof=1) / math.sqrt(len(aucs)))
-    if abs(m - 0.5) > 2 * se:
+    if beyond_two_se(m - 0.5, se):
         return None
     return (f"{ds}: ReCo-MIL (defaults) is not measurably better than chance here (AUC {m:.3f} +- {se:.3f}), "
             "so its comparisons on this data set say little about the components.")
@@ -260,7 +265,7 @@ def glance(verdicts: list[tuple[str, str, float, float]], datasets: list[str]) -
                 cells.append("not run")
             else:
                 m, se = got[(ds, row)]
-                mark = "**" if abs(m) > 2 * se else ""
+                mark = "**" if beyond_two_se(m, se) else ""
                 cells.append(f"{mark}{m:+.3f} +- {se:.3f}{mark}")
         out.append(f"| {row} | " + " | ".join(cells) + " |")
     return out + [""]
