@@ -83,3 +83,15 @@ def test_near_chance_warns_only_when_defaults_are_indistinguishable_from_chance(
     recs = [_rec("ReCo-MIL (defaults)", s, [0.40, 0.60, 0.50]) for s in (1, 2, 3)]
     assert "toy: ReCo-MIL (defaults) is not measurably better than chance" in "\n".join(
         results.accuracy_section(recs))
+
+
+def test_coverage_reports_the_ablation_grid_apart_from_protocol_checks(results):
+    recs = [_rec(row, s, [0.8]) | {"dataset": ds} for ds in ("demo", "demo-rare", "musk1", "elephant")
+            for row in results.GRID_ROWS for s in (1, 2, 3)
+            if not (row in results.DUAL_ONLY and ds in results.REAL_SETS)]
+    assert results.coverage(recs, among=results.GRID_ROWS) == []
+    assert "demo: original early stopping (seeds 1, 2, 3); validation split 0.2 (seeds 1, 2, 3); " \
+        "last epoch, no selection (seeds 1, 2, 3)" in results.coverage(recs, among=results.PROTOCOL_ROWS)
+    text = "\n".join(results.accuracy_section(recs))
+    assert "Baseline and ablations (" in text and "): complete on every data set." in text
+    assert "Training-protocol checks (" in text and "not run yet:" in text
