@@ -28,8 +28,10 @@ class MLPReducer(nn.Module):
         return self.net(c.T).T
 
     def reduce_weights(self, w: torch.Tensor) -> torch.Tensor:
-        """Linear interpolation of ``w`` ``[K]`` to length ``K // 2``."""
-        return F.interpolate(w.float()[None, None], size=self.k_out, mode="linear", align_corners=True)[0, 0]
+        """Linear interpolation of ``w`` ``[K]`` to length ``K // 2``, sampled at the centres of the new
+        cells (``align_corners=False``, as the original does; for K -> K/2 each new weight is the mean
+        of two neighbours)."""
+        return F.interpolate(w.float()[None, None], size=self.k_out, mode="linear", align_corners=False)[0, 0]
 
 
 def graph_adjacency(c: torch.Tensor, thresh: float) -> torch.Tensor:
