@@ -1,0 +1,170 @@
+"""METHOD.md §4 observed through real training runs (not by calling the schedule functions).
+
+One tiny demo project is prepared per module; each test trains on it with ``train_fold`` and
+reads what the run left behind: the logged rows, the selected checkpoint and the resume file
+(which holds the optimiser's state).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from recomil.config import make_params
+from recomil.data.store import FeatureStore
+from recomil.pipeline import paths
+from recomil.pipeline.data_stages import load_split
+from recomil.pipeline.prototypes_stage import load_prototypes
+from recomil.training.bags import BagSet
+from recomil.training.tracking import Tracker
+from recomil.training.trainer import load_model, train_fold
+from tests.conftest import TINY, prepare_demo
+
+SMALL = {**TINY, "demo_train_slides": 10, "demo_test_slides": 4, "demo_min_patches": 30, "demo_max_patches": 50,
+         "num_protos_high": 8, "num_protos_low": 8, "embed_dim_high": 16, "embed_dim_low": 16}
+
+
+@pytest.fixture(scope="module")
+def demo_project(tmp_path_factory):
+    root = tmp_path_factory.mktemp("trainer")
+    old = os.getcwd()
+    os.chdir(root)
+    try:
+        prepare_demo(make_params(SMALL))
+    finally:
+        os.chdir(old)
+    return root
+
+
+def _train(root, tag: str, **overrides):
+    """Train fold 0 of the demo project with ``overrides``; returns (summary, rows, best.pt, resume)."""
+    p = dataclasses.replace(make_params(SMALL), **overrides)
+    store = FeatureStore(root / paths.STORE)
+    split = load_split(root / paths.SPLIT)[0]
+    protos = load_prototypes(store.scales, 0, root / paths.PROTOTYPES)
+    tracker = Tracker(None, mode="disabled", project="t", name="t", group="t", config={})
+    out, resume = root / "runs" / tag, root / "runs" / f"{tag}.resume.pt"
+    if resume.exists():
+        resume.unlink()
+    summary = train_fold(p, store, split, protos, out, resume, tracker, 0, False)
+    return p, summary, tracker.rows, out / "best.pt", torch.load(resume, weights_only=True)
+
+
+def _lr_factor(e, warmup, epochs):  # METHOD.md §4, restated
+    if e <= warmup:
+        return e / warmup
+    return 0.5 * (1 + math.cos(math.pi * (e - warmup) / (epochs - warmup)))
+
+
+def test_lr_and_temperature_per_epoch_reach_the_optimiser_and_the_model(demo_project):
+    p, summary, rows, best, resume = _train(demo_project, "sched", epochs=5, warmup_epochs=2, tau_epochs_high=3,
+                                            tau_epochs_low=4, tau_start_high=1.5, tau_end_high=0.5,
+                                            save_policy="last", lr=1e-3)
+    assert [r["epoch"] for r in rows] == [1, 2, 3, 4, 5]
+    for r in rows:
+        e = r["epoch"]
+        assert r["lr"] == pytest.approx(1e-3 * _lr_factor(e, 2, 5))
+        assert r["tau_high"] == pytest.approx(1.5 + (0.5 - 1.5) * min(1, e / 3))
+        assert r["tau_low"] == pytest.approx(1.2 + (0.7 - 1.2) * min(1, e / 4))
+    # the optimiser ran the last epoch at that epoch's rate (0: the cosine ends at 0)
+    assert all(g["lr"] == pytest.approx(0.0, abs=1e-12) for g in resume["optimizer"]["param_groups"])
+    model, _, _ = load_model(best)
+    assert model.branches["high"].tau.item() == pytest.approx(0.5)
+    assert model.branches["low"].tau.item() == pytest.approx(1.2 + (0.7 - 1.2) * 1.0)
+    assert model.branches["high"].sim_scale.item() == 1.0  # METHOD.md "Decide": never trained
+
+
+def test_epoch_rates_after_four_epochs(demo_project):
+    """The resume file of a run stopped by its epoch budget holds the optimiser at that epoch's rate."""
+    _, _, rows, _, resume = _train(demo_project, "sched4", epochs=6, warmup_epochs=3, save_policy="last",
+                                   lr=2e-3)
+    assert rows[2]["lr"] == pytest.approx(2e-3)  # the warm-up peaks at epoch == warmup_epochs
+    assert rows[0]["lr"] == pytest.approx(2e-3 / 3)
+
+
+@pytest.mark.parametrize("freeze,changed", [(2, False), (1, True)])
+def test_raw_prototypes_are_frozen_for_epochs_up_to_freeze_protos_epochs(demo_project, freeze, changed):
+    # epochs 3, warm-up 1: LR factors 1, 0.5, 0 (the last epoch trains nothing)
+    _, _, _, best, _ = _train(demo_project, f"freeze{freeze}", epochs=3, warmup_epochs=1, freeze_protos_epochs=freeze,
+                              save_policy="last", lr=1e-2, lambda_ortho_high=1.0, lambda_ortho_low=1.0)
+    start = load_prototypes(("high", "low"), 0, demo_project / paths.PROTOTYPES)
+    state = torch.load(best, weights_only=True)["state_dict"]
+    for s in ("high", "low"):
+        same = torch.allclose(state[f"branches.{s}.protos"], torch.from_numpy(start[s]["centres"]))
+        assert same != changed, f"scale {s}: prototypes after 3 epochs with freeze_protos_epochs {freeze}"
+
+
+def _orth(protos):  # METHOD.md §4: L_orth, restated
+    pn = protos / protos.norm(dim=1, keepdim=True)
+    g = pn @ pn.T
+    k = g.shape[0]
+    return ((g ** 2).sum() - (torch.diagonal(g) ** 2).sum()) / (k * (k - 1))
+
+
+@pytest.mark.parametrize("smoothing,lam", [(0.03, 0.02), (0.2, 0.5), (0.0, 0.0)])
+def test_the_loss_optimised_is_smoothed_cross_entropy_plus_the_orthogonal_terms(demo_project, smoothing, lam):
+    """With a vanishing learning rate and no dropout or gate, the first epoch's logged terms can be
+    recomputed from the checkpoint: CE with label smoothing, and lambda * L_orth per scale."""
+    p, _, rows, best, _ = _train(demo_project, f"loss{smoothing}", epochs=1, warmup_epochs=1, lr=1e-12, drop=0.0,
+                                 outlier_top_p_high=0.0, outlier_top_p_low=0.0, label_smoothing=smoothing,
+                                 lambda_ortho_high=lam, lambda_ortho_low=2 * lam, save_policy="last")
+    model, mp, _ = load_model(best)
+    store = FeatureStore(demo_project / paths.STORE)
+    train = BagSet(store, load_split(demo_project / paths.SPLIT)[0]["train"], mp.scales)
+    ces = []
+    with torch.no_grad():
+        for j in range(len(train)):
+            bag = train.bag(j)
+            logits = model(bag["high"], bag.get("low"))["logits"][0]
+            logp = torch.log_softmax(logits, -1)
+            y = int(train.labels[j])
+            c = logits.shape[0]
+            target = torch.full((c,), smoothing / c)
+            target[y] += 1 - smoothing
+            ces.append(-(target * logp).sum().item())
+    row = rows[0]
+    assert row["ce"] == pytest.approx(np.mean(ces), rel=1e-4, abs=1e-5)
+    orth = {s: _orth(model.branches[s].protos.detach()).item() for s in ("high", "low")}
+    assert row["ortho_high"] == pytest.approx(orth["high"], rel=1e-4)
+    expected = row["ce"] + lam * orth["high"] + 2 * lam * orth["low"]
+    assert row["loss"] == pytest.approx(expected, rel=1e-5, abs=1e-7)
+    if lam > 0:
+        assert row["loss"] - row["ce"] > 1e-4, "the case must exercise the orthogonal term"
+
+
+def test_orthogonal_term_trains_the_released_prototypes(demo_project):
+    """With a large lambda the orthogonal term (in the loss) drives L_orth down once released."""
+    kw = dict(epochs=4, warmup_epochs=1, freeze_protos_epochs=1, lr=5e-3, save_policy="last")
+    start = load_prototypes(("high",), 0, demo_project / paths.PROTOTYPES)["high"]["centres"]
+    before = _orth(torch.from_numpy(start)).item()
+    _, _, _, with_term, _ = _train(demo_project, "ortho_on", lambda_ortho_high=50.0, **kw)
+    _, _, _, without, _ = _train(demo_project, "ortho_off", lambda_ortho_high=0.0, **kw)
+    after_on = _orth(torch.load(with_term, weights_only=True)["state_dict"]["branches.high.protos"]).item()
+    after_off = _orth(torch.load(without, weights_only=True)["state_dict"]["branches.high.protos"]).item()
+    assert after_on < before and after_on < after_off
+
+
+def test_patience_counts_only_after_warmup_and_freezing_and_min_delta_blocks_small_gains(demo_project):
+    """A min_delta no score can beat makes epoch 1 the best; the run then stops after ``patience``
+    stale epochs, counted from epoch 1 (original) or after max(warm-up, freezing) (default)."""
+    kw = dict(epochs=9, warmup_epochs=3, freeze_protos_epochs=2, patience=2, min_delta=5.0, save_policy="joint")
+    _, orig, _, _, _ = _train(demo_project, "es_orig", early_stop_after_warmup=False, **kw)
+    assert orig["best_epoch"] == 1 and orig["stopped_early"] and orig["epochs_run"] == 3
+    _, late, _, _, _ = _train(demo_project, "es_late", early_stop_after_warmup=True, **kw)
+    assert late["best_epoch"] == 1 and late["stopped_early"] and late["epochs_run"] == 5
+    kw["freeze_protos_epochs"] = 4
+    _, frozen, _, _, _ = _train(demo_project, "es_frozen", early_stop_after_warmup=True, **kw)
+    assert frozen["epochs_run"] == 6
+
+
+def test_min_delta_zero_keeps_any_strict_improvement(demo_project):
+    """With ``train_loss`` selection and min_delta 0 the best epoch is the one of lowest loss."""
+    _, summary, rows, _, _ = _train(demo_project, "md0", epochs=4, warmup_epochs=1, patience=10,
+                                    save_policy="train_loss", min_delta=0.0, lr=1e-3)
+    losses = [r["loss"] for r in rows]
+    assert summary["best_epoch"] == int(np.argmin(losses)) + 1
