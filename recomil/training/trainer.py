@@ -202,7 +202,7 @@ def train_fold(p: Params, store: FeatureStore, split: dict[str, list[str]],
                 probs[idx] = pr
             val_auc = auc_score(val.labels, probs)
             val_acc = float((probs.argmax(1) == val.labels).mean())
-        row.update(val_auc=val_auc, val_acc=val_acc)
+        row.update(val_auc=val_auc, val_acc=val_acc, epoch_seconds=round(time.perf_counter() - started, 3))
         score = selection_score(policy, val_auc, val_acc, row["loss"])
         if policy == "last" or score > state["best_score"] + p.min_delta:
             state.update(best_score=score, best_epoch=epoch, stale=0,

@@ -1,0 +1,354 @@
+"""recomil side by side with the original ReCo-MIL code: the same cohorts, splits and seeds.
+
+Usage (one training at a time; resumable: every finished unit is cached as JSON)::
+
+    python benchmarks/vs_original.py --original /path/to/ReCo-MIL            # everything
+    python benchmarks/vs_original.py --original ../scratch/ReCo-MIL --cohorts c128-a --seeds 1 2
+    python benchmarks/vs_original.py --report-only                            # rebuild the Markdown
+
+``--original`` is a checkout of the public repository ``zsszc/ReCo-MIL`` kept *outside* this
+project (nothing of it is copied here; it is run as its authors run it). Without it the
+original's units are skipped with a message and only recomil's are run.
+
+Cohorts are written by recomil's demo generator in the original's own Camelyon16 pkl layout
+(``train/tumor``, ``train/normal``, ``test``, ``{slide}_{high,low}_feature_ctrans.pkl``, a
+``train_list.txt`` and ``test_labels.csv``), so that both programs read the very same files.
+Each unit is one (cohort, program, seed):
+
+- ``original``: the original's ``minibatch_kmeans_recomil.py`` per scale on the training list
+  (its defaults, no frequency file: its training script's default, so its rare weights are off),
+  then ``train_recomil_v3.py`` with its defaults and ``--seed``; test predictions from its best
+  checkpoint, loaded with its own model class.
+- ``recomil``: the pipeline's stages (ingest, split, prototypes, train, evaluate) with
+  ``params.yaml``'s defaults and ``seed``.
+- ``recomil-original``: recomil with :data:`ORIGINAL`, the documented way to make recomil behave
+  as the original's defaults (the parity baseline).
+
+Each unit runs in its own process with ``--threads`` torch threads (1 by default: two trainings
+side by side on 2 cores slow each other many-fold). Recorded per unit: test AUC, accuracy and
+balanced accuracy, epochs run, seconds per epoch (training pass plus validation, as each program
+measures it), the whole unit's seconds and the peak resident memory of its processes.
+The report (``benchmarks/vs_original.md``) gives mean ± sd over seeds per cohort and program, and
+the paired difference to the original (same cohort and seed) with its standard error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+CACHE = HERE / "results" / "vs_original"
+REPORT = HERE / "vs_original.md"
+
+#: recomil's params that reproduce the original's default behaviour (README "Coming from the original").
+ORIGINAL: dict[str, Any] = {
+    "standardize": False,               # the original trains on raw features
+    "kmeans_algorithm": "minibatch",    # scikit-learn-style mini-batch k-means
+    "rare_beta_high": 0.0,              # its training script passes no frequency file by default
+    "rare_beta_low": 0.0,
+    "early_stop_after_warmup": False,   # patience counted from epoch 1
+}
+
+#: Slide-like cohorts (demo generator settings). One at CTransPath width; the others narrower so
+#: that the whole grid fits a few hours of a 2-core machine.
+COHORTS: dict[str, dict[str, Any]] = {
+    "c768": {"demo_seed": 101, "demo_feat_dim": 768, "demo_train_slides": 60, "demo_test_slides": 40,
+             "demo_min_patches": 300, "demo_max_patches": 1500, "demo_tumour_min": 0.004,
+             "demo_tumour_max": 0.15},
+    "c128-a": {"demo_seed": 102, "demo_feat_dim": 128, "demo_train_slides": 100, "demo_test_slides": 50,
+               "demo_min_patches": 300, "demo_max_patches": 800, "demo_tumour_min": 0.004,
+               "demo_tumour_max": 0.15},
+    "c128-b": {"demo_seed": 103, "demo_feat_dim": 128, "demo_train_slides": 100, "demo_test_slides": 50,
+               "demo_min_patches": 300, "demo_max_patches": 800, "demo_tumour_min": 0.004,
+               "demo_tumour_max": 0.15},
+    "c128-rare": {"demo_seed": 104, "demo_feat_dim": 128, "demo_train_slides": 100, "demo_test_slides": 50,
+                  "demo_min_patches": 300, "demo_max_patches": 800, "demo_tumour_min": 0.002,
+                  "demo_tumour_max": 0.02},
+}
+PROGRAMS = ("original", "recomil", "recomil-original")
+
+
+# ----------------------------------------------------------------------------- cohorts
+def make_cohort(name: str, work: Path) -> Path:
+    """Write cohort ``name`` under ``work`` once (deterministic given its settings)."""
+    from recomil.config import make_params
+    from recomil.data.demo import make_demo
+
+    root = work / "cohorts" / name
+    if not (root / "test_labels.csv").is_file():
+        make_demo(make_params(COHORTS[name]), root)
+    return root
+
+
+# ----------------------------------------------------------------------------- running units
+def _run(cmd: list[str], cwd: Path, threads: int, log: Path, extra_env: dict[str, str] | None = None) -> float:
+    """Run ``cmd``; returns the peak RSS (MB) of the process tree it waited for. Raises on failure."""
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads),
+               WANDB_SILENT="true", WANDB_MODE="offline", PYTHONWARNINGS="ignore", **(extra_env or {}))
+    with open(log, "ab") as fh:
+        proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=fh, stderr=subprocess.STDOUT)
+        _, status, usage = os.wait4(proc.pid, 0)
+        proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{shlex.join(cmd)} failed with exit {proc.returncode}; see {log}")
+    return usage.ru_maxrss / 1024
+
+
+def metrics_of(labels: np.ndarray, prob_pos: np.ndarray) -> dict[str, float]:
+    """Test AUC, accuracy (argmax of two classes = prob > 0.5) and balanced accuracy."""
+    from sklearn.metrics import balanced_accuracy_score, roc_auc_score
+
+    pred = (prob_pos > 0.5).astype(int)
+    return {"auc": float(roc_auc_score(labels, prob_pos)), "acc": float((pred == labels).mean()),
+            "balanced_acc": float(balanced_accuracy_score(labels, pred))}
+
+
+def run_original(cohort: Path, d: int, seed: int, unit: Path, original: Path, threads: int) -> dict[str, Any]:
+    """The original's k-means per scale, then its training script, both with their defaults."""
+    log = unit / "log.txt"
+    peak = 0.0
+    started = time.perf_counter()
+    for scale in ("high", "low"):
+        peak = max(peak, _run([sys.executable, str(original / "minibatch_kmeans_recomil.py"), "--dataset", "c17",
+                               "--root_dir", str(cohort), "--ids_file", str(cohort / "train_list.txt"),
+                               "--scale", scale, "--feat_dim", str(d), "--seed", str(seed),
+                               "--save_protos", str(unit / f"protos_{scale}.pt")], unit, threads, log))
+    peak = max(peak, _run([sys.executable, str(original / "train_recomil_v3.py"), "--root_dir_high", str(cohort),
+                           "--root_dir_low", str(cohort), "--train_list", str(cohort / "train_list.txt"),
+                           "--test_csv", str(cohort / "test_labels.csv"), "--feat_dim_high", str(d),
+                           "--feat_dim_low", str(d), "--proto_init_path_high", str(unit / "protos_high.pt"),
+                           "--proto_init_path_low", str(unit / "protos_low.pt"), "--seed", str(seed),
+                           "--wandb_project", "vs_original", "--wandb_mode", "offline", "--print_every", "0",
+                           "--save_dir", str(unit / "ckpt")], unit, threads, log, {"WANDB_DIR": str(unit)}))
+    seconds = time.perf_counter() - started
+    epochs = [float(x) for x in re.findall(r"^Epoch \d+ .*\| time ([0-9.]+)s$", log.read_text(), re.M)]
+    peak = max(peak, _run([sys.executable, __file__, "--original-predict", str(original), str(cohort),
+                           str(unit / "ckpt" / "recomil_best_v3.pt"), str(unit / "predictions.json")],
+                          unit, threads, log))
+    pred = json.loads((unit / "predictions.json").read_text())
+    return {**metrics_of(np.array(pred["labels"]), np.array(pred["prob"])), "epochs_run": len(epochs),
+            "epoch_seconds": float(np.mean(epochs)) if epochs else None, "seconds": round(seconds, 1),
+            "peak_rss_mb": round(peak, 1)}
+
+
+def original_predict(original: Path, cohort: Path, ckpt: Path, out: Path) -> None:
+    """Child: test probabilities of the original's best checkpoint, with the original's own classes."""
+    import torch
+
+    sys.path.insert(0, str(original))
+    from dual_recomil import DualReCoMIL  # noqa: E402  (the original's module)
+    from reco_dataset import C16MultiScaleDataset, read_label_csv  # noqa: E402
+
+    state = torch.load(ckpt, map_location="cpu", weights_only=False)  # our own run's file, not untrusted input
+    a = state["args"]
+    model = DualReCoMIL(
+        dim_in_high=a["feat_dim_high"], embed_dim_high=a["embed_dim_high"], num_protos_high=a["num_protos_high"],
+        proto_init_path_high=a["proto_init_path_high"], similarity_method_high=a["similarity_method_high"],
+        tau_high=a["tau_start_high"], route_topk_high=a["route_topk_high"],
+        use_graph_reducer_high=a["use_graph_reducer_high"], graph_thresh_high=a["graph_thresh_high"],
+        dim_in_low=a["feat_dim_low"], embed_dim_low=a["embed_dim_low"], num_protos_low=a["num_protos_low"],
+        proto_init_path_low=a["proto_init_path_low"], similarity_method_low=a["similarity_method_low"],
+        tau_low=a["tau_start_low"], route_topk_low=a["route_topk_low"],
+        use_graph_reducer_low=a["use_graph_reducer_low"], graph_thresh_low=a["graph_thresh_low"],
+        num_classes=a["num_classes"], num_enhancers=3, drop=0.25, hard=False)
+    model.load_state_dict(state["model_state"], strict=False)
+    model.eval()
+    labels_map = read_label_csv(str(cohort / "test_labels.csv"))
+    ids = list(labels_map)
+    ds = C16MultiScaleDataset(root_dir=str(cohort), slide_ids=ids, label_map=labels_map,
+                              feat_dim_high=a["feat_dim_high"], feat_dim_low=a["feat_dim_low"])
+    probs, labels = [], []
+    with torch.no_grad():
+        for i in range(len(ds)):
+            (xh, xl), y, _ = ds[i]
+            out_ = model(data_high=xh[None], data_low=xl[None])
+            probs.append(float(torch.softmax(out_["logits"], -1)[0, 1]))
+            labels.append(int(y))
+    out.write_text(json.dumps({"ids": ids, "labels": labels, "prob": probs}))
+
+
+def run_recomil(cohort: Path, seed: int, unit: Path, overrides: dict[str, Any], threads: int) -> dict[str, Any]:
+    """recomil's stages in a child process, in a project directory of the unit's own."""
+    params = {"dataset": "c16", "root_dir_high": str(cohort), "root_dir_low": str(cohort),
+              "train_list": str(cohort / "train_list.txt"), "test_csv": str(cohort / "test_labels.csv"),
+              "seed": seed, "wandb_mode": "disabled", "bootstrap": 0, **overrides}
+    (unit / "params.json").write_text(json.dumps(params))
+    started = time.perf_counter()
+    peak = _run([sys.executable, __file__, "--recomil-child", str(unit)], unit, threads, unit / "log.txt")
+    rec = json.loads((unit / "child.json").read_text())
+    return {**rec, "seconds": round(time.perf_counter() - started, 1), "peak_rss_mb": round(peak, 1)}
+
+
+def recomil_child(unit: Path) -> None:
+    """Child: ingest, split, prototypes, train, evaluate with the unit's params."""
+    import pandas as pd
+
+    from recomil.config import make_params
+    from recomil.pipeline import data_stages, evaluate_stage, prototypes_stage, train_stage
+
+    os.chdir(unit)
+    p = make_params(json.loads((unit / "params.json").read_text()))
+    data_stages.run_ingest(p, progress=False)
+    data_stages.run_split(p)
+    for scale in ("high", "low"):
+        prototypes_stage.run_prototypes(p, scale)
+    summary = train_stage.run_train(p, progress=False)["folds"][0]
+    evaluate_stage.run_evaluate(p)
+    pred = pd.read_csv("results/predictions.csv")
+    log = pd.read_csv("results/train_log/fold_0.csv") if Path("results/train_log/fold_0.csv").is_file() else None
+    epoch_s = float(log["epoch_seconds"].mean()) if log is not None and "epoch_seconds" in log else None
+    rec = {**metrics_of((pred["label"] == "tumor").to_numpy().astype(int), pred["prob_tumor"].to_numpy()),
+           "epochs_run": summary["epochs_run"], "best_epoch": summary["best_epoch"], "epoch_seconds": epoch_s}
+    (unit / "child.json").write_text(json.dumps(rec))
+
+
+def run_unit(cohort_name: str, program: str, seed: int, work: Path, original: Path | None,
+             threads: int) -> dict[str, Any] | None:
+    out = CACHE / cohort_name / program / f"seed{seed}.json"
+    if out.is_file():
+        return json.loads(out.read_text())
+    if program == "original" and original is None:
+        return None
+    cohort = make_cohort(cohort_name, work)
+    unit = work / "units" / cohort_name / program / f"seed{seed}"
+    shutil.rmtree(unit, ignore_errors=True)
+    unit.mkdir(parents=True)
+    if program == "original":
+        rec = run_original(cohort, COHORTS[cohort_name]["demo_feat_dim"], seed, unit, original, threads)
+    else:
+        rec = run_recomil(cohort, seed, unit, ORIGINAL if program == "recomil-original" else {}, threads)
+    rec = {"cohort": cohort_name, "program": program, "seed": seed, "threads": threads, **rec}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".tmp").write_text(json.dumps(rec, indent=1))
+    out.with_suffix(".tmp").replace(out)
+    shutil.rmtree(unit, ignore_errors=True)
+    print(f"[{cohort_name} seed {seed}] {program}: AUC {rec['auc']:.3f} acc {rec['acc']:.3f} "
+          f"{rec['epochs_run']} epochs, {rec['epoch_seconds'] or float('nan'):.1f} s/epoch, "
+          f"{rec['seconds']:.0f} s", flush=True)
+    return rec
+
+
+# ----------------------------------------------------------------------------- report
+def load_records() -> list[dict[str, Any]]:
+    return [json.loads(f.read_text()) for f in sorted(CACHE.glob("*/*/seed*.json"))]
+
+
+def paired(a: dict[int, float], b: dict[int, float]) -> tuple[float, float, int]:
+    """Mean and standard error of ``a - b`` over the seeds both have."""
+    seeds = sorted(set(a) & set(b))
+    d = np.array([a[s] - b[s] for s in seeds])
+    if len(d) == 0:
+        return math.nan, math.nan, 0
+    se = float(d.std(ddof=1) / math.sqrt(len(d))) if len(d) > 1 else math.nan
+    return float(d.mean()), se, len(d)
+
+
+def report(records: list[dict[str, Any]]) -> str:
+    lines = ["# recomil vs the original ReCo-MIL", "",
+             "Written by `python benchmarks/vs_original.py` (see its docstring). Test metrics of each program "
+             "with its own defaults on the same cohort files, train/test split and training seeds; "
+             "mean ± sd (sample) over seeds; Δ = paired difference to the original (same cohort and "
+             "seed) ± its standard error. Seconds per epoch: training pass plus validation, each "
+             "program's own measure; one torch thread per process, one process at a time.", ""]
+    meta = HERE / "results" / "vs_original_meta.json"
+    if meta.is_file():
+        m = json.loads(meta.read_text())
+        lines += [f"Last run: `{m['command']}` on {m['date']} ({m['machine']}).", ""]
+    lines += ["| cohort | program | seeds | AUC | acc | balanced acc | Δ AUC vs original | epochs | s/epoch "
+              "| epoch ratio vs original | peak MB |", "|" + " --- |" * 11]
+    by: dict[tuple[str, str], dict[int, dict[str, Any]]] = {}
+    for r in records:
+        by.setdefault((r["cohort"], r["program"]), {})[r["seed"]] = r
+    for cohort in [c for c in COHORTS if any(k[0] == c for k in by)]:
+        base = by.get((cohort, "original"), {})
+        for program in PROGRAMS:
+            runs = by.get((cohort, program))
+            if not runs:
+                continue
+            def ms(key: str, runs=runs) -> str:
+                v = np.array([r[key] for r in runs.values() if r.get(key) is not None], float)
+                if len(v) == 0:
+                    return "-"
+                return f"{v.mean():.3f} ± {v.std(ddof=1):.3f}" if len(v) > 1 else f"{v.mean():.3f}"
+            diff = "-"
+            ratio = "-"
+            if program != "original" and base:
+                m, se, n = paired({s: r["auc"] for s, r in runs.items()}, {s: r["auc"] for s, r in base.items()})
+                if n:
+                    diff = f"{m:+.3f} ± {se:.3f} (n={n})" if n > 1 else f"{m:+.3f} (n=1)"
+                ratios = [runs[s]["epoch_seconds"] / base[s]["epoch_seconds"] for s in set(runs) & set(base)
+                          if runs[s].get("epoch_seconds") and base[s].get("epoch_seconds")]
+                if ratios:
+                    ratio = f"{np.mean(ratios):.2f}"
+            ep = np.mean([r["epochs_run"] for r in runs.values()])
+            spe = [r["epoch_seconds"] for r in runs.values() if r.get("epoch_seconds")]
+            peak = max(r["peak_rss_mb"] for r in runs.values())
+            lines.append(f"| {cohort} | {program} | {len(runs)} | {ms('auc')} | {ms('acc')} | {ms('balanced_acc')} "
+                         f"| {diff} | {ep:.1f} | {np.mean(spe):.2f} | {ratio} | {peak:.0f} |" if spe else
+                         f"| {cohort} | {program} | {len(runs)} | {ms('auc')} | {ms('acc')} | {ms('balanced_acc')} "
+                         f"| {diff} | {ep:.1f} | - | {ratio} | {peak:.0f} |")
+    lines += ["", "Cohorts (demo generator settings, original's C16 pkl layout):", ""]
+    for name, c in COHORTS.items():
+        lines.append(f"- `{name}`: D {c['demo_feat_dim']}, {c['demo_train_slides']} training / "
+                     f"{c['demo_test_slides']} test slides, {c['demo_min_patches']}–{c['demo_max_patches']} "
+                     f"high-magnification patches, tumour {100 * c['demo_tumour_min']:.1f}–"
+                     f"{100 * c['demo_tumour_max']:.0f} % of a positive slide's patches, generator seed "
+                     f"{c['demo_seed']}.")
+    lines += ["", "`recomil-original` runs recomil with " + ", ".join(f"`{k}: {v}`" for k, v in ORIGINAL.items())
+              + " (README, \"Coming from the original\")."]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--original", type=Path, help="checkout of zsszc/ReCo-MIL (outside this project)")
+    ap.add_argument("--cohorts", nargs="*", default=list(COHORTS), choices=list(COHORTS))
+    ap.add_argument("--programs", nargs="*", default=list(PROGRAMS), choices=list(PROGRAMS))
+    ap.add_argument("--seeds", nargs="*", type=int, default=[1, 2, 3, 4, 5])
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--work", type=Path, default=Path(os.environ.get("TMPDIR", "/tmp")) / "recomil-vs-original")
+    ap.add_argument("--report-only", action="store_true")
+    ap.add_argument("--recomil-child", type=Path, help=argparse.SUPPRESS)
+    ap.add_argument("--original-predict", nargs=4, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.recomil_child:
+        return recomil_child(args.recomil_child)
+    if args.original_predict:
+        return original_predict(*map(Path, args.original_predict))
+    if not args.report_only:
+        original = args.original.resolve() if args.original else None
+        if original is None:
+            print("vs_original: no --original checkout given; the original's units are skipped", file=sys.stderr)
+        elif not (original / "train_recomil_v3.py").is_file():
+            sys.exit(f"error: {original}: not a checkout of zsszc/ReCo-MIL (no train_recomil_v3.py)")
+        else:
+            (HERE / "results").mkdir(exist_ok=True)
+            (HERE / "results" / "vs_original_meta.json").write_text(json.dumps({
+                "command": shlex.join(["python", "benchmarks/vs_original.py", *sys.argv[1:]]),
+                "date": time.strftime("%Y-%m-%d"), "machine": f"{os.cpu_count()} cores, {args.threads} thread(s)"}))
+        # seed-major order: every cohort and program gets its first seeds before any gets its fifth
+        for seed in args.seeds:
+            for cohort in args.cohorts:
+                for program in args.programs:
+                    run_unit(cohort, program, seed, args.work, original, args.threads)
+                    REPORT.write_text(report(load_records()))
+    REPORT.write_text(report(load_records()))
+    print(f"wrote {REPORT}")
+
+
+if __name__ == "__main__":
+    main()
