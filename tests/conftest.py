@@ -23,7 +23,8 @@ REPO = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(autouse=True)
 def _threads() -> None:
-    torch.set_num_threads(2)
+    # at most 2 (this machine's cores); OMP_NUM_THREADS=1 leaves the other core to a benchmark
+    torch.set_num_threads(min(2, int(os.environ.get("OMP_NUM_THREADS", "2"))))
     os.environ.setdefault("WANDB_SILENT", "true")
 
 

@@ -1,7 +1,6 @@
 """Model selection, early stopping, class weights, metrics."""
 
 import dataclasses
-import math
 
 import numpy as np
 import pytest
@@ -19,7 +18,8 @@ def test_selection_scores():
     assert selection_score("joint", 0.8, 0.6, 1.0) == pytest.approx(0.7)
     assert selection_score("joint", None, 0.6, 1.0) == pytest.approx(0.3)
     assert selection_score("train_loss", 0.8, 0.6, 0.25) == -0.25
-    assert selection_score("last", None, None, 0.3) == math.inf
+    # lower training loss is the better score
+    assert selection_score("train_loss", None, None, 0.2) > selection_score("train_loss", None, None, 0.3)
 
 
 def test_class_weights_match_the_original_for_two_classes():
@@ -68,8 +68,22 @@ def test_no_val_falls_back_to_last(project, tiny_params):
     assert fold["save_policy"] == "last" and fold["best_epoch"] == 2
 
 
-def test_test_slides_never_influence_training(project, tiny_params):
-    """train_fold reads only the train and val lists: dropping the test list changes nothing."""
+def _store_rows(store, slides, scale):
+    offs = store.offsets(scale)
+    return [(int(offs[store.position(s)]), int(offs[store.position(s) + 1])) for s in slides]
+
+
+def _overwrite(store, slides, scale, value):
+    """Overwrite the stored features of ``slides`` in place (the store itself is read-only)."""
+    mm = np.memmap(store.path / f"{scale}.features.bin", dtype=store.meta["dtype"], mode="r+",
+                   shape=store.array(scale).shape)
+    for a, b in _store_rows(store, slides, scale):
+        mm[a:b] = value
+    mm.flush()
+    del mm
+
+
+def _train_once(p, project):
     import torch
 
     from recomil.data.store import FeatureStore
@@ -78,16 +92,67 @@ def test_test_slides_never_influence_training(project, tiny_params):
     from recomil.training.tracking import Tracker
     from recomil.training.trainer import train_fold
 
-    p = dataclasses.replace(tiny_params, epochs=2)
+    store = FeatureStore(paths.STORE)
+    tracker = Tracker(None, mode="disabled", project="x", name="x", group="x", config={})
+    resume = project / "r.pt"
+    if resume.exists():
+        resume.unlink()
+    summary = train_fold(p, store, load_split()[0], load_prototypes(store.scales, 0), project / "m", resume,
+                         tracker, 0, False)
+    return summary, torch.load(project / "m" / "best.pt", weights_only=True)["state_dict"]
+
+
+def test_test_and_validation_slides_never_reach_kmeans_standardisation_or_selection(project, tiny_params):
+    """The real leakage paths, end to end at the stage level: the prototypes stage's k-means and
+    standardisation statistics come from the fold's training slides only (checked against
+    statistics recomputed here), and overwriting every test slide's features in the store changes
+    neither the prototypes nor the trained and selected model. Overwriting the validation slides
+    changes model selection only, not the prototypes; overwriting a training slide changes them."""
+    import torch
+
+    from recomil.data.store import FeatureStore
+    from recomil.pipeline import prototypes_stage
+    from recomil.pipeline.data_stages import load_split
+
+    p = dataclasses.replace(tiny_params, epochs=3, warmup_epochs=1, standardize=True)
     prepare_demo(p)
     store = FeatureStore(paths.STORE)
     split = load_split()[0]
-    protos = load_prototypes(store.scales, 0)
-    states = []
-    for variant in ({**split}, {"train": split["train"], "val": split["val"], "test": []}):
-        tracker = Tracker(None, mode="disabled", project="x", name="x", group="x", config={})
-        train_fold(p, store, variant, protos, project / "m", project / "r.pt", tracker, 0, False)
-        (project / "r.pt").unlink()
-        states.append(torch.load(project / "m" / "best.pt", weights_only=True)["state_dict"])
-    for key in states[0]:
-        assert torch.equal(states[0][key], states[1][key])
+
+    def protos():
+        for scale in store.scales:
+            prototypes_stage.run_prototypes(p, scale)
+        out = {}
+        for scale in store.scales:
+            with np.load(paths.prototype_file(scale, 0)) as z:
+                out[scale] = {k: z[k].copy() for k in ("centres", "counts", "mean", "std")}
+        return out
+
+    before = protos()
+    for scale in store.scales:
+        rows = np.concatenate([np.asarray(store.features(store.position(s), scale), np.float64)
+                               for s in split["train"]])
+        np.testing.assert_allclose(before[scale]["mean"], rows.mean(0), rtol=1e-4, atol=1e-4)
+        np.testing.assert_allclose(before[scale]["std"], rows.std(0), rtol=1e-3, atol=1e-4)
+        assert before[scale]["counts"].sum() == len(rows)  # the counts cover the training rows only
+        everything = np.asarray(store.array(scale), np.float64)
+        assert not np.allclose(before[scale]["mean"], everything.mean(0), atol=1e-3)
+    summary0, state0 = _train_once(p, project)
+
+    for scale in store.scales:
+        _overwrite(store, split["test"], scale, 40.0)
+    after = protos()
+    for scale in store.scales:
+        for key in before[scale]:
+            np.testing.assert_array_equal(before[scale][key], after[scale][key])
+    summary1, state1 = _train_once(p, project)
+    assert summary1["best_epoch"] == summary0["best_epoch"]
+    for key in state0:
+        assert torch.equal(state0[key], state1[key]), key
+
+    for scale in store.scales:
+        _overwrite(store, split["val"], scale, 40.0)
+    assert all(np.array_equal(before[s]["centres"], v["centres"]) for s, v in protos().items())
+
+    _overwrite(store, split["train"][:1], "high", 40.0)
+    assert not np.allclose(before["high"]["mean"], protos()["high"]["mean"])

@@ -216,3 +216,74 @@ def test_high_only_model_on_dual_scale_params():
     assert model.scales == ["high"] and model.fusion is None
     with pytest.raises(ValueError, match="single-scale"):
         model(_bag(5, 12, 0), _bag(3, 10, 0))
+
+
+@pytest.mark.parametrize("alpha_init", [0.5, -0.7])
+def test_learned_fusion_starts_at_sigmoid_of_alpha_init_and_trains(alpha_init):
+    torch.manual_seed(0)
+    m = build_model({**BASE, "fusion": "learned", "alpha_init": alpha_init}).eval()
+    out = m(torch.randn(20, 12), torch.randn(5, 10))
+    w = 1 / (1 + math.exp(-alpha_init))
+    assert out["fusion_weight"].item() == pytest.approx(w, abs=1e-6)
+    torch.testing.assert_close(out["logits"], w * out["logits_high"] + (1 - w) * out["logits_low"])
+    out["logits"][0, 1].backward()
+    assert m.fusion.a.grad is not None and m.fusion.a.grad.abs().item() > 0
+
+
+def test_fixed_fusion_uses_sigmoid_of_alpha_init_without_gradient():
+    torch.manual_seed(0)
+    m = build_model({**BASE, "fusion": "fixed", "alpha_init": 1.5}).eval()
+    out = m(torch.randn(20, 12), torch.randn(5, 10))
+    w = 1 / (1 + math.exp(-1.5))
+    torch.testing.assert_close(out["logits"], w * out["logits_high"] + (1 - w) * out["logits_low"])
+    assert out["fusion_weight"].item() == pytest.approx(w, abs=1e-6)
+
+
+def test_similarity_scale_is_fixed_at_one_and_never_trains():
+    m = build_model(BASE)
+    names = {n for n, _ in m.named_parameters()}
+    assert not any("sim_scale" in n for n in names)
+    assert all(b.sim_scale.item() == 1.0 for b in m.branches.values())
+
+
+def test_ortho_on_projected_trains_the_projection_and_the_prototypes():
+    """METHOD.md "Decide": unlike the original (no gradient), ``ortho_on_projected`` regularises
+    the projected prototypes C with gradient, reaching the projection and the raw prototypes."""
+    torch.manual_seed(0)
+    on = build_model({**BASE, "ortho_on_projected": True})
+    loss = on.ortho_losses()["high"]
+    c = on.branches["high"].proj_c(on.branches["high"].protos)
+    assert loss.item() == pytest.approx(orthogonal_loss(c).item(), rel=1e-6)
+    loss.backward()
+    assert on.branches["high"].proj_c[0].weight.grad.abs().sum() > 0
+    assert on.branches["high"].protos.grad.abs().sum() > 0
+    off = build_model(BASE)
+    off.load_state_dict(on.state_dict())
+    off.ortho_losses()["high"].backward()
+    assert off.branches["high"].proj_c[0].weight.grad is None
+    assert off.branches["high"].protos.grad.abs().sum() > 0
+
+
+def test_routing_runs_in_float32_under_bf16_autocast():
+    """METHOD.md §1.2.2: the assignment A is computed in float32 even under autocast, so the
+    routing of a bf16 forward equals the float32 routing of the same (bf16-rounded) inputs."""
+    from recomil.model.branch import EnhancerStage
+
+    torch.manual_seed(0)
+    stage = EnhancerStage(24, 0.0).eval()
+    p = torch.randn(50, 24) * 3
+    c = torch.randn(16, 24) * 3
+    seen = []
+    orig = torch.softmax
+
+    def spy(x, *a, **k):
+        seen.append(x.dtype)
+        return orig(x, *a, **k)
+
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        torch.softmax = spy
+        try:
+            stage(p, c, None, method="l2", topk=3, temp=torch.tensor(0.7), hard=False)
+        finally:
+            torch.softmax = orig
+    assert seen and all(dt == torch.float32 for dt in seen)

@@ -20,6 +20,7 @@ import torch
 from recomil import build_model
 
 ATOL = 2e-5
+_HARD_ST = False  # reference_logits_st: straight-through hard routing (gradient of the soft A)
 
 
 # ----------------------------------------------------------------------------- the reference
@@ -102,7 +103,8 @@ def reference_branch(sd, x, o, *, tau, gate_on, counts):
         a = torch.exp(s / max(1e-6, tau * 1.0) - (s / max(1e-6, tau)).max(dim=1, keepdim=True).values)
         a = a / a.sum(dim=1, keepdim=True)
         if o["hard"]:
-            a = torch.zeros_like(a).scatter_(1, a.argmax(dim=1, keepdim=True), 1.0)
+            one_hot = torch.zeros_like(a).scatter_(1, a.argmax(dim=1, keepdim=True), 1.0)
+            a = one_hot + a - a.detach() if _HARD_ST else one_hot
         if w is not None:
             a = a * w[None, :]
             a = a / (a.sum(dim=1, keepdim=True) + 1e-6)
@@ -263,3 +265,51 @@ def test_the_cases_are_sensitive_to_their_options():
                  CASES["cosine_dot"], CASES["confidence"], CASES["fixed"]):
         assert not torch.allclose(logits(opts), base, atol=1e-4), opts
     assert not torch.allclose(logits({}, tau=0.3), base, atol=1e-4)
+
+
+@pytest.mark.parametrize("name", ["defaults", "hard", "graph_rare", "gate_embed"])
+def test_gradients_match_the_reference(name):
+    """The backward pass too: gradients of the logits with respect to the input features equal
+    those of the reference. For ``hard`` the reference routes with the one-hot in the forward pass
+    and the soft assignment's gradient in the backward pass (straight-through, METHOD.md §1.2.2)."""
+    model, params, counts, xs = _build(CASES[name], seed=7)
+    model.train()
+    taus = {s: 0.8 for s in xs}
+    model.set_temperatures(taus)
+    xs_m = {s: x.clone().requires_grad_(True) for s, x in xs.items()}
+    out = model(xs_m["high"], xs_m.get("low"))["logits"]
+    (out[0, 1] - out[0, 0]).backward()
+    xs_r = {s: x.clone().requires_grad_(True) for s, x in xs.items()}
+    ref, _ = reference_logits_st(model, params, xs_r, tau=taus, counts=counts)
+    (ref[0, 1] - ref[0, 0]).backward()
+    for s in xs:
+        torch.testing.assert_close(xs_m[s].grad, xs_r[s].grad, rtol=1e-3, atol=1e-5)
+
+
+def reference_logits_st(model, params, xs, *, tau, counts):
+    """The reference with straight-through hard routing: ``one_hot + soft - soft.detach()``."""
+    global _HARD_ST
+    _HARD_ST = True
+    try:
+        return reference_logits(model, params, xs, tau=tau, gate_on=True, counts=counts)
+    finally:
+        _HARD_ST = False
+
+
+def test_hard_routing_forward_is_one_hot_and_backward_is_soft():
+    """Straight-through: the forward output equals routing with one prototype per patch (top-1),
+    the gradient differs from top-1 routing's (which has none through the assignment)."""
+    base = {"route_topk_high": 0, "route_topk_low": 0, "rare_beta_high": 0.0, "rare_beta_low": 0.0}
+    hard, params, counts, xs = _build({**base, "hard_high": True, "hard_low": True}, seed=9)
+    top1, _, _, _ = _build({**base, "route_topk_high": 1, "route_topk_low": 1}, seed=9)
+    top1.load_state_dict(hard.state_dict())
+    hard.eval()
+    top1.eval()
+    xh = xs["high"].clone().requires_grad_(True)
+    xh1 = xs["high"].clone().requires_grad_(True)
+    lh = hard(xh, xs["low"])["logits"]
+    l1 = top1(xh1, xs["low"])["logits"]
+    torch.testing.assert_close(lh, l1, rtol=1e-5, atol=1e-6)
+    lh[0, 1].backward()
+    l1[0, 1].backward()
+    assert not torch.allclose(xh.grad, xh1.grad, atol=1e-6)
