@@ -76,6 +76,8 @@ class Params:
     feat_dim_low: int | None = None
     store_dtype: str = "float16"
     on_nonfinite: str = "error"
+    patch_size_level0: float = 0.0
+    patch_size_level0_low: float = 0.0
     # demo cohort
     demo_seed: int = 7
     demo_train_slides: int = 40
@@ -159,6 +161,8 @@ class Params:
     wandb_project: str = "recomil"
     # evaluation
     bootstrap: int = 1000
+    slides_dir: str = ""
+    heatmap_topk: int = 12
     # derived (not in params.yaml; filled from the data by the stages or by callers)
     num_classes: int = 2
 
@@ -246,6 +250,9 @@ def _validate(p: Params) -> None:
         raise ConfigError(f"param 'folds' must be 0 (the dataset's own split) or at least 2, got {p.folds}")
     if p.lr <= 0:
         raise ConfigError(f"param 'lr' must be positive, got {p.lr}")
+    for key in ("patch_size_level0", "patch_size_level0_low", "heatmap_topk"):
+        if getattr(p, key) < 0:
+            raise ConfigError(f"param {key!r} must be 0 or positive, got {getattr(p, key)}")
     for s in SCALES:
         k = getattr(p, f"num_protos_{s}")
         if p.model == "recomil" and k < 2 ** p.num_enhancers:

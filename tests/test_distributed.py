@@ -10,8 +10,8 @@ import pandas as pd
 import torch
 import yaml
 
+from recomil.inference import load_model
 from recomil.training.distributed import shard
-from recomil.training.trainer import load_model
 from tests.conftest import REPO, TINY, prepare_demo
 
 

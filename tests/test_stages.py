@@ -8,9 +8,9 @@ import pandas as pd
 import pytest
 
 from recomil.data.store import FeatureStore
+from recomil.inference import load_model
 from recomil.pipeline import data_stages, evaluate_stage, paths, prototypes_stage, train_stage
 from recomil.training.tracking import Tracker
-from recomil.training.trainer import load_model
 from tests.conftest import prepare_demo
 
 

@@ -17,12 +17,13 @@ import torch
 
 from recomil.config import make_params
 from recomil.data.store import FeatureStore
+from recomil.inference import load_model
 from recomil.pipeline import paths
 from recomil.pipeline.data_stages import load_split
 from recomil.pipeline.prototypes_stage import load_prototypes
 from recomil.training.bags import BagSet
 from recomil.training.tracking import Tracker
-from recomil.training.trainer import load_model, train_fold
+from recomil.training.trainer import train_fold
 from tests.conftest import TINY, prepare_demo
 
 SMALL = {**TINY, "demo_train_slides": 10, "demo_test_slides": 4, "demo_min_patches": 30, "demo_max_patches": 50,

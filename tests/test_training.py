@@ -5,7 +5,7 @@ import dataclasses
 import numpy as np
 import pytest
 
-from recomil.evaluation.metrics import bootstrap_auc, classification_metrics
+from recomil.metrics import bootstrap_auc, classification_metrics
 from recomil.pipeline import paths, train_stage
 from recomil.training.trainer import class_weights, selection_score
 from tests.conftest import prepare_demo

@@ -11,7 +11,7 @@ from tqdm import tqdm
 from recomil.config import Params
 from recomil.data.errors import DataError
 from recomil.data.presets import Cohort, load_cohort
-from recomil.data.readers import Bag, read_bag
+from recomil.data.readers import Bag, patch_size_level0, read_bag
 from recomil.data.store import StoreWriter
 
 
@@ -64,6 +64,9 @@ def ingest(p: Params, out_dir: str | Path, *, progress: bool = True) -> dict[str
                                     f"{dims[scale]} of {first_file[scale]} at the {scale} scale")
                 dims.setdefault(scale, d)
                 first_file.setdefault(scale, path)
+                given = p.patch_size_level0 if scale == "high" else p.patch_size_level0_low
+                if given > 0 and patch_size_level0(bag.attrs) is None:
+                    bag.attrs = {**bag.attrs, "patch_size_level0": given}
                 bags[scale] = bag
             if s.label not in class_index:
                 raise DataError(f"slide {s.slide_id!r}: unknown label value {s.label!r}")

@@ -40,6 +40,38 @@ class Bag:
     attrs: dict[str, Any] = field(default_factory=dict)
 
 
+def attr_value(v: Any) -> Any:
+    """An HDF5 attribute as plain Python: scalars as numbers, arrays as lists (CLAM writes
+    ``downsample = [1.0, 1.0]`` and ``level_dim``), bytes as text."""
+    if isinstance(v, bytes):
+        return v.decode("utf-8", "replace")
+    a = np.asarray(v)
+    if a.dtype.kind in "SO":
+        return a.astype(str).tolist() if a.ndim else str(a)
+    return a.item() if a.ndim == 0 else a.tolist()
+
+
+def patch_size_level0(attrs: dict[str, Any]) -> float | None:
+    """Side of a patch in level-0 pixels from ``coords`` attributes, or None when they do not say.
+
+    TRIDENT writes ``patch_size_level0``; CLAM writes ``patch_size`` at ``patch_level`` with that
+    level's ``downsample`` (``[dx, dy]``), so the level-0 size is ``patch_size * downsample``.
+    """
+    try:
+        if "patch_size_level0" in attrs:
+            return float(attrs["patch_size_level0"])
+        if "patch_size" in attrs:
+            ds = attrs.get("downsample")
+            if ds is not None:
+                ds = ds[0] if isinstance(ds, (list, tuple)) else ds
+                return float(attrs["patch_size"]) * float(ds)
+            if int(attrs.get("patch_level", 0)) == 0:
+                return float(attrs["patch_size"])
+    except (TypeError, ValueError, IndexError):
+        return None
+    return None
+
+
 def _as_2d(path: Path, arr: Any) -> np.ndarray:
     a = np.asarray(arr)
     if a.ndim == 3 and a.shape[0] == 1:
@@ -134,7 +166,7 @@ def _read_h5(path: Path) -> Bag:
             coords, attrs = None, {}
             if "coords" in f:
                 coords = _coords(path, f["coords"][()], feats.shape[0])
-                attrs = {k: (v.item() if hasattr(v, "item") else v) for k, v in f["coords"].attrs.items()}
+                attrs = {k: attr_value(v) for k, v in f["coords"].attrs.items()}
     except DataError:
         raise
     except (OSError, KeyError, ValueError) as exc:

@@ -26,6 +26,7 @@ import numpy as np
 import pandas as pd
 
 from recomil.data.errors import DataError
+from recomil.data.readers import patch_size_level0
 
 
 class StoreWriter:
@@ -57,7 +58,9 @@ class StoreWriter:
             self.dims[s] = d
             if bag.attrs and not self.coord_attrs[s]:
                 self.coord_attrs[s] = {k: v for k, v in bag.attrs.items() if isinstance(v, (int, float, str))}
+            size = patch_size_level0(bag.attrs)
             row[f"n_{s}"] = n
+            row[f"patch_size_{s}"] = np.nan if size is None else size
         row["has_coords"] = has_coords
         self.rows.append(row)
 
@@ -150,6 +153,14 @@ class FeatureStore:
     def offsets(self, scale: str) -> np.ndarray:
         """``[S + 1]`` int64 row offsets: bag i is ``array(scale)[offsets[i]:offsets[i + 1]]``."""
         return self._offsets[scale]
+
+    def patch_size(self, i: int, scale: str) -> float | None:
+        """Side of bag ``i``'s patches at ``scale`` in level-0 pixels, or None when unknown."""
+        col = f"patch_size_{scale}"
+        if col not in self.manifest.columns:
+            return None
+        v = pd.to_numeric(self.manifest[col].iloc[i], errors="coerce")
+        return None if pd.isna(v) or v <= 0 else float(v)
 
     def sizes(self, scale: str) -> np.ndarray:
         """``[S]`` bag sizes at ``scale``."""

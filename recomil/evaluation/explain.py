@@ -3,13 +3,17 @@ prototype assignment histograms, and the cohort-level prototype usage."""
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
 
+from recomil.data.errors import DataError
+from recomil.data.wsi import SlideIndex, open_slide
 from recomil.evaluation.heatmaps import write_slide_heatmaps
+from recomil.evaluation.overlay import ScaleView, write_slide_views
 from recomil.model.branch import ReCoBranch
 from recomil.model.mil import MILClassifier
 from recomil.model.rarity import rarity_gate
@@ -29,11 +33,17 @@ def rare_mask(branch: torch.nn.Module, x: torch.Tensor) -> np.ndarray:
 
 @torch.no_grad()
 def write_explanations(out_dir: Path, model: MILClassifier, bags: BagSet, extras: list[dict[str, np.ndarray]],
-                       topk: int = 20, fold: int = 0) -> list[Path]:
+                       topk: int = 20, fold: int = 0, slides: SlideIndex | None = None,
+                       probs: np.ndarray | None = None, classes: list[str] | None = None,
+                       gallery_k: int = 12) -> list[Path]:
     """Write heatmaps (slides with coordinates) and the patch tables under ``out_dir``.
 
+    With ``slides`` (the ``slides_dir`` index) each slide also gets its attention drawn over the
+    whole-slide image and a gallery of its top patches under ``out_dir/slides``
+    (:mod:`recomil.evaluation.overlay`); a slide without an image file gets one warning.
+
     Returns:
-        The heatmap PNG paths.
+        The PNG paths written.
     """
     out_dir.mkdir(parents=True, exist_ok=True)
     top_rows, rare_rows, usage_rows, pngs = [], [], [], []
@@ -60,6 +70,12 @@ def write_explanations(out_dir: Path, model: MILClassifier, bags: BagSet, extras
                                for k, n in enumerate(counts) if n]
         if not any(np.isnan(coords[s]).any() for s in bags.scales):
             pngs += write_slide_heatmaps(out_dir / "heatmaps", sid, coords, att)
+        if slides is not None:
+            views = {s: ScaleView(coords[s], att[s], store.patch_size(i, s),
+                                  rare_mask(model.branches[s], feats[s])) for s in bags.scales}
+            title = slide_title(sid, None if classes is None else classes[int(bags.labels[j])],
+                                None if probs is None else probs[j], classes)
+            pngs += draw_on_slide(out_dir / "slides", slides, sid, views, title, gallery_k)
     _append(out_dir / "top_patches.csv", top_rows)
     _append(out_dir / "rare_patches.csv", rare_rows)
     _append(out_dir / "prototype_usage.csv", usage_rows)
@@ -69,6 +85,37 @@ def write_explanations(out_dir: Path, model: MILClassifier, bags: BagSet, extras
             patches=("patches", "sum"), slides=("slide_id", "nunique"))
         summary.to_csv(out_dir / "prototype_usage_summary.csv", index=False)
     return pngs
+
+
+def slide_title(slide_id: str, label: str | None, probs: np.ndarray | None, classes: list[str] | None) -> str:
+    """``slide · label · predicted class (p = probability)`` for a figure title."""
+    parts = [slide_id]
+    if label is not None:
+        parts.append(f"label {label}")
+    if probs is not None:
+        k = int(np.argmax(probs))
+        name = classes[k] if classes else str(k)
+        parts.append(f"predicted {name} (p = {float(probs[k]):.2f})")
+    return " · ".join(parts)
+
+
+def draw_on_slide(out_dir: Path, slides: SlideIndex, slide_id: str, views: dict[str, ScaleView], title: str,
+                  gallery_k: int) -> list[Path]:
+    """Overlay and gallery of one slide, or a warning naming it when its image is missing or unreadable."""
+    path = slides.find(slide_id)
+    if path is None:
+        print(f"warning: slide {slide_id!r}: no whole-slide image under {slides.root}; no overlay drawn",
+              file=sys.stderr)
+        return []
+    try:
+        slide = open_slide(path)
+    except DataError as exc:
+        print(f"warning: {exc}; no overlay drawn", file=sys.stderr)
+        return []
+    try:
+        return write_slide_views(out_dir, slide, slide_id, views, title, topk=gallery_k)
+    finally:
+        slide.close()
 
 
 def _append(path: Path, rows: list[dict]) -> None:

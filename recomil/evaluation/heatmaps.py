@@ -1,4 +1,4 @@
-"""Attention heatmaps on the slide's patch grid, written as PNG without a plotting library.
+"""Attention heatmaps on the slide's patch grid, for cohorts without whole-slide images.
 
 Each patch is drawn at its coordinates: the grid step is the smallest positive gap between
 distinct coordinates of the slide (the patch size at level 0), so cell ``(x // step, y // step)``
@@ -8,22 +8,18 @@ Memory is one ``uint8`` RGB image of the grid (a 400,000-patch slide is about a 
 
 from __future__ import annotations
 
-import struct
-import zlib
 from pathlib import Path
 
 import numpy as np
+from matplotlib import colormaps
+from PIL import Image
 
-# a perceptually ordered colour ramp (dark blue -> teal -> yellow); background is white
-_RAMP = np.array([[48, 18, 59], [40, 98, 200], [31, 158, 137], [109, 205, 89], [253, 231, 37]], dtype=np.float64)
+from recomil.evaluation.overlay import CMAP, rank_percentile
 
 
 def colourise(values: np.ndarray) -> np.ndarray:
-    """Map ``[...]`` values in ``[0, 1]`` to ``[..., 3]`` uint8 colours."""
-    v = np.clip(values, 0.0, 1.0) * (len(_RAMP) - 1)
-    lo = np.floor(v).astype(int).clip(0, len(_RAMP) - 2)
-    frac = (v - lo)[..., None]
-    return (_RAMP[lo] * (1 - frac) + _RAMP[lo + 1] * frac).round().astype(np.uint8)
+    """Map ``[...]`` values in ``[0, 1]`` to ``[..., 3]`` uint8 colours of the perceptual map ``CMAP``."""
+    return (colormaps[CMAP](np.clip(values, 0.0, 1.0))[..., :3] * 255).round().astype(np.uint8)
 
 
 def grid_step(coords: np.ndarray) -> float:
@@ -56,16 +52,8 @@ def attention_grid(coords: np.ndarray, values: np.ndarray, step: float, cell: in
 
 
 def write_png(path: str | Path, rgb: np.ndarray) -> None:
-    """Write an ``[H, W, 3]`` uint8 image as PNG."""
-    h, w, _ = rgb.shape
-    raw = b"".join(b"\x00" + rgb[y].tobytes() for y in range(h))
-
-    def chunk(tag: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data) & 0xFFFFFFFF)
-
-    png = (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0))
-           + chunk(b"IDAT", zlib.compress(raw, 6)) + chunk(b"IEND", b""))
-    Path(path).write_bytes(png)
+    """Write an ``[H, W, 3]`` uint8 image as PNG (Pillow)."""
+    Image.fromarray(rgb).save(path)
 
 
 def heatmap_image(grid: np.ndarray, scale_px: int = 4) -> np.ndarray:
@@ -73,8 +61,7 @@ def heatmap_image(grid: np.ndarray, scale_px: int = 4) -> np.ndarray:
     img = np.full(grid.shape + (3,), 255, dtype=np.uint8)
     mask = ~np.isnan(grid)
     if mask.any():
-        uniq, inverse = np.unique(grid[mask], return_inverse=True)
-        img[mask] = colourise(inverse.reshape(-1) / max(1, len(uniq) - 1))
+        img[mask] = colourise(rank_percentile(grid[mask]))
     return np.repeat(np.repeat(img, scale_px, 0), scale_px, 1)
 
 

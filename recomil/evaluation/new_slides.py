@@ -18,8 +18,7 @@ import torch
 from recomil.data.discovery import FileIndex, slide_key
 from recomil.data.errors import DataError
 from recomil.data.readers import SUFFIXES, Bag, read_bag
-from recomil.evaluation.predict import predict_bags
-from recomil.training.trainer import load_model
+from recomil.inference import load_model, predict_bags
 
 
 def model_files(path: str | Path) -> list[Path]:

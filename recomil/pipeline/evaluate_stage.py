@@ -13,15 +13,15 @@ import pandas as pd
 
 from recomil.config import Params
 from recomil.data.store import FeatureStore
+from recomil.data.wsi import SlideIndex
 from recomil.evaluation.explain import write_explanations
 from recomil.evaluation.localisation import load_ground_truth, localisation_auc
-from recomil.evaluation.metrics import bootstrap_auc, classification_metrics, confusion, roc_points
-from recomil.evaluation.predict import predict_bags
+from recomil.inference import load_model, predict_bags
+from recomil.metrics import bootstrap_auc, classification_metrics, confusion, roc_points
 from recomil.pipeline import paths
 from recomil.pipeline.data_stages import load_split
 from recomil.training.bags import BagSet
 from recomil.training.tracking import Tracker
-from recomil.training.trainer import load_model
 
 
 def _aggregate(per_fold: list[dict[str, Any]]) -> dict[str, Any]:
@@ -49,12 +49,14 @@ def run_evaluate(p: Params) -> dict[str, Any]:
     attentions, truths = [], []
     pngs: list[Path] = []
     shutil.rmtree(paths.EXPLAIN, ignore_errors=True)
+    slides = SlideIndex(p.slides_dir) if p.slides_dir else None
     for k, split in enumerate(folds):
         model, _, _ = load_model(paths.MODELS / f"fold_{k}" / "best.pt")
         test = BagSet(store, split["test"], tuple(model.scales))
         probs, extras = predict_bags(model, (test.bag(j) for j in range(len(test))))
         m = classification_metrics(test.labels, probs)
-        pngs += write_explanations(paths.EXPLAIN, model, test, extras, fold=k)
+        pngs += write_explanations(paths.EXPLAIN, model, test, extras, fold=k, slides=slides, probs=probs,
+                                   classes=classes, gallery_k=p.heatmap_topk)
         if p.dataset == "demo":
             for sid, e, y in zip(split["test"], extras, test.labels):
                 if y == classes.index("tumor"):
@@ -113,8 +115,8 @@ def _log_wandb(p: Params, metrics: dict[str, Any], labels: np.ndarray, probs: np
                 y_true=labels.tolist(), preds=probs.argmax(1).tolist(), class_names=classes)
             if len(np.unique(labels)) > 1:
                 values["test/roc"] = wandb.plot.roc_curve(labels.tolist(), probs.tolist(), labels=classes)
-            for png in pngs[:50]:
-                values[f"heatmap/{png.stem}"] = wandb.Image(str(png))
+            for png in sorted(pngs, key=lambda q: q.parent.name != "slides")[:50]:  # slide overlays first
+                values[f"{'slide' if png.parent.name == 'slides' else 'heatmap'}/{png.stem}"] = wandb.Image(str(png))
             tracker.log(values)
             tracker.summary({k: v for k, v in metrics.items() if isinstance(v, (int, float))})
     finally:

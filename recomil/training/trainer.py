@@ -34,8 +34,8 @@ from tqdm import tqdm
 
 from recomil.config import Params
 from recomil.data.store import FeatureStore
-from recomil.evaluation.metrics import auc_score
-from recomil.evaluation.predict import predict_bags
+from recomil.inference import predict_bags
+from recomil.metrics import auc_score
 from recomil.model import build_model
 from recomil.model.mil import MILClassifier
 from recomil.training import distributed as ddp
@@ -232,14 +232,3 @@ def train_fold(p: Params, store: FeatureStore, split: dict[str, list[str]],
 
 def _fmt(v: float | None) -> str:
     return "n/a" if v is None else f"{v:.4f}"
-
-
-def load_model(path: str | Path, device: torch.device | str = "cpu") -> tuple[MILClassifier, Params, list[str]]:
-    """Load a checkpoint written by :func:`save_model` (safely, ``weights_only=True``)."""
-    from recomil.config import make_params
-
-    ckpt = torch.load(path, map_location=device, weights_only=True)
-    p = make_params(ckpt["params"])
-    model = build_model(p)
-    model.load_state_dict(ckpt["state_dict"])
-    return model.to(device).eval(), p, list(ckpt["classes"])

@@ -1,12 +1,20 @@
-"""Run a trained model over bags: probabilities and attention per slide."""
+"""Inference below both training and evaluation: load a checkpoint, run a model over bags.
+
+``training`` (validation), ``evaluation`` (the evaluate stage, ``recomil predict``,
+``recomil heatmap``) and the benchmarks share this one path, so a validation score and a test
+prediction of the same model on the same bag are the same computation.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Iterable
+from pathlib import Path
 
 import numpy as np
 import torch
 
+from recomil.config import Params, make_params
+from recomil.model import build_model
 from recomil.model.mil import MILClassifier
 
 
@@ -38,3 +46,12 @@ def model_num_classes(model: MILClassifier) -> int:
     """Number of output classes of ``model``."""
     last = [m for m in model.branches["high"].modules() if isinstance(m, torch.nn.Linear)][-1]
     return last.out_features
+
+
+def load_model(path: str | Path, device: torch.device | str = "cpu") -> tuple[MILClassifier, Params, list[str]]:
+    """Load a checkpoint written by :func:`save_model` (safely, ``weights_only=True``)."""
+    ckpt = torch.load(path, map_location=device, weights_only=True)
+    p = make_params(ckpt["params"])
+    model = build_model(p)
+    model.load_state_dict(ckpt["state_dict"])
+    return model.to(device).eval(), p, list(ckpt["classes"])
