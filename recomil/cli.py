@@ -61,10 +61,47 @@ def main(argv: list[str] | None = None) -> int:
                     help="low-scale folders or files (default: look in --features for *_low_* files)")
     pr.add_argument("--out", required=True, help="output CSV of per-slide probabilities")
     pr.add_argument("--topk", type=int, default=0, help="also write each slide's N most attended patches")
+    pr.add_argument("--slides-dir", default=None,
+                    help="whole-slide images found by slide id: draw each slide's attention over it")
+    pr.add_argument("--heatmaps-out", default=None, help="where the overlays go (default: <out>_slides/)")
+    hm = sub.add_parser("heatmap", help="draw a new slide's attention over its whole-slide image")
+    hm.add_argument("--model", required=True, help="trained model directory (models/) or a best.pt file")
+    hm.add_argument("--features", required=True, nargs="+", help="the slide's feature file (high scale)")
+    hm.add_argument("--features-low", nargs="+", default=None, help="its low-scale feature file")
+    hm.add_argument("--slide", required=True, help="the whole-slide image (.svs, .tif, .ndpi, .mrxs, ...)")
+    hm.add_argument("--out", required=True, help="output folder")
+    hm.add_argument("--topk", type=int, default=12, help="patches in the gallery")
+    for sp in (pr, hm):
+        sp.add_argument("--patch-size-level0", type=float, default=0.0,
+                        help="level-0 side of a high-scale patch, for feature files that do not say")
+        sp.add_argument("--patch-size-level0-low", type=float, default=0.0, help="the same for the low scale")
     args = parser.parse_args(argv)
     if args.command == "stage":
         return run_stage(args.name, *args.args, params_path=args.params)
+    if args.command == "heatmap":
+        return _heatmap(args)
     return _predict(args)
+
+
+def _patch_sizes(args: argparse.Namespace) -> dict[str, float]:
+    return {"high": args.patch_size_level0, "low": args.patch_size_level0_low}
+
+
+def _heatmap(args: argparse.Namespace) -> int:
+    from recomil.evaluation.new_slides import heatmap
+
+    try:
+        paths = heatmap(args.model, args.features, args.features_low, args.slide, args.out, _patch_sizes(args),
+                        args.topk)
+    except _EXPECTED as exc:
+        print(f"error: heatmap: {exc}", file=sys.stderr)
+        return 1
+    if not paths:
+        print("error: heatmap: nothing drawn (see the warning above)", file=sys.stderr)
+        return 1
+    for path in paths:
+        print(f"heatmap: {path}")
+    return 0
 
 
 def _predict(args: argparse.Namespace) -> int:
@@ -73,7 +110,11 @@ def _predict(args: argparse.Namespace) -> int:
     from recomil.evaluation.new_slides import predict_slides
 
     try:
-        probs, top = predict_slides(args.model, args.features, args.features_low, args.topk)
+        out = Path(args.out)
+        probs, top = predict_slides(args.model, args.features, args.features_low, args.topk,
+                                    slides_dir=args.slides_dir,
+                                    heatmaps_out=args.heatmaps_out or out.with_name(out.stem + "_slides"),
+                                    patch_size=_patch_sizes(args))
     except _EXPECTED as exc:
         print(f"error: predict: {exc}", file=sys.stderr)
         return 1

@@ -43,10 +43,14 @@ class FileIndex:
                 raise DataError(f"slide {key[0]!r}: two feature files, {self._files[key]} and {path}")
             self._files[key] = path
 
-    def find(self, slide_id: str, scale: str) -> Path | None:
-        """The file of ``slide_id`` at ``scale`` (a scale-named file first), or None."""
+    def find(self, slide_id: str, scale: str, named_only: bool = False) -> Path | None:
+        """The file of ``slide_id`` at ``scale`` (a scale-named file first), or None; with
+        ``named_only`` only a file whose name says the scale (``{slide}_{scale}_...``)."""
+        if named_only:
+            return self._files.get((slide_id, scale))
         return self._files.get((slide_id, scale)) or self._files.get((slide_id, None))
 
-    def slide_ids(self, scale: str) -> list[str]:
-        """Every slide id with a file usable at ``scale``."""
-        return sorted({sid for (sid, sc) in self._files if sc in (scale, None)})
+    def slide_ids(self, scale: str, named_only: bool = False) -> list[str]:
+        """Every slide id with a file usable at ``scale`` (``named_only``: named for that scale)."""
+        ok = (scale,) if named_only else (scale, None)
+        return sorted({sid for (sid, sc) in self._files if sc in ok})

@@ -21,10 +21,16 @@ from recomil.model.similarity import best_similarity
 from recomil.training.bags import BagSet
 
 
-def rare_mask(branch: torch.nn.Module, x: torch.Tensor) -> np.ndarray:
-    """The instances the branch's rarity gate boosts (as in training), ``[N]`` bool."""
+@torch.no_grad()
+def rare_mask(model: MILClassifier, scale: str, x: torch.Tensor) -> np.ndarray:
+    """The instances of ``x`` ``[N, D]`` (raw features) that the rarity gate of ``scale`` boosts
+    in training, ``[N]`` bool; computed in the space the prototypes live in (standardised when
+    the model standardises its input)."""
+    branch = model.branches[scale]
     if not isinstance(branch, ReCoBranch):
         return np.zeros(x.shape[0], dtype=bool)
+    if scale in model.input_norm:
+        x = model.input_norm[scale](x)
     sp = branch.sp
     g = rarity_gate(best_similarity(x, branch.protos.detach(), sp.similarity_method), sp.outlier_top_p,
                     sp.outlier_alpha)
@@ -59,7 +65,7 @@ def write_explanations(out_dir: Path, model: MILClassifier, bags: BagSet, extras
             top_rows += [{"fold": fold, "slide_id": sid, "scale": scale, "rank": r, "patch_index": int(k),
                           "attention": float(att[scale][k]), "x": float(c[k, 0]), "y": float(c[k, 1])}
                          for r, k in enumerate(order, 1)]
-            rare = np.flatnonzero(rare_mask(model.branches[scale], feats[scale]))
+            rare = np.flatnonzero(rare_mask(model, scale, feats[scale]))
             rare_rows += [{"fold": fold, "slide_id": sid, "scale": scale, "patch_index": int(k),
                            "attention": float(att[scale][k]), "x": float(c[k, 0]), "y": float(c[k, 1])}
                           for k in rare]
@@ -72,7 +78,7 @@ def write_explanations(out_dir: Path, model: MILClassifier, bags: BagSet, extras
             pngs += write_slide_heatmaps(out_dir / "heatmaps", sid, coords, att)
         if slides is not None:
             views = {s: ScaleView(coords[s], att[s], store.patch_size(i, s),
-                                  rare_mask(model.branches[s], feats[s])) for s in bags.scales}
+                                  rare_mask(model, s, feats[s])) for s in bags.scales}
             title = slide_title(sid, None if classes is None else classes[int(bags.labels[j])],
                                 None if probs is None else probs[j], classes)
             pngs += draw_on_slide(out_dir / "slides", slides, sid, views, title, gallery_k)

@@ -154,17 +154,18 @@ def write_slide_views(out_dir: Path, slide: Slide, slide_id: str, views: dict[st
         panels.append((scale, image))
     if not panels:
         return written
-    fig = Figure(figsize=(5.2 * len(panels) + 1.2, 5.6 * thumb.shape[0] / thumb.shape[1] + 1.0), dpi=110)
+    fig = Figure(figsize=(5.2 * len(panels) + 1.2, 5.2 * thumb.shape[0] / thumb.shape[1] + 0.8), dpi=110,
+                 layout="constrained")
     axes = fig.subplots(1, len(panels), squeeze=False)[0]
     for ax, (scale, image) in zip(axes, panels):
         ax.imshow(image)
         ax.set_title(f"{scale} magnification ({len(views[scale].attention):,} patches)", fontsize=9)
         ax.set_axis_off()
-    bar = fig.colorbar(ScalarMappable(Normalize(0, 100), CMAP), ax=list(axes), fraction=0.03, pad=0.02)
+    bar = fig.colorbar(ScalarMappable(Normalize(0, 100), CMAP), ax=list(axes), fraction=0.03)
     bar.set_label("attention percentile within the slide (100 = most attended)")
     fig.suptitle(title, fontsize=10)
     path = out_dir / f"{slide_id}_overlay.png"
-    fig.savefig(path)
+    fig.savefig(path, bbox_inches="tight")
     written.append(path)
     scale = panels[0][0]
     crops = gallery_crops(slide, views[scale], topk)
@@ -190,5 +191,5 @@ def _write_gallery(path: Path, crops: list[Crop], title: str, cols: int = 6) -> 
         ax.set_title(label, fontsize=7, color="#a01010" if c.rare else "black")
     fig.suptitle(title + ": most attended patches" + (", then rarity-gated ones (red)" if any(c.rare for c in crops)
                                                        else ""), fontsize=9)
-    fig.savefig(path)
+    fig.savefig(path, bbox_inches="tight")
     return path
