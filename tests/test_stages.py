@@ -6,6 +6,7 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 from recomil.data.store import FeatureStore
 from recomil.inference import load_model
@@ -136,3 +137,70 @@ def test_high_scale_only_on_dual_scale_demo(project, tiny_params):
     assert metrics["n_test"] == 8
     top = pd.read_csv(paths.EXPLAIN / "top_patches.csv")
     assert set(top["scale"]) == {"high"}
+
+
+def test_a_fold_that_stopped_early_stays_stopped_after_a_crash_in_a_later_fold(project, tiny_params, monkeypatch,
+                                                                                capsys):
+    """#17.1: folds 2, patience 1; a crash during fold 1 and a rerun give exactly the uninterrupted
+    result: fold 0 (which had stopped early) is not trained on."""
+    p = dataclasses.replace(tiny_params, folds=2, patience=1, epochs=8, warmup_epochs=1, freeze_protos_epochs=1,
+                            early_stop_after_warmup=False, save_policy="val_acc")
+    prepare_demo(p)
+    train_stage.run_train(p, progress=False)
+    reference = json.loads((paths.MODELS / "summary.json").read_text())["folds"]
+    assert reference[0]["stopped_early"], "the case needs fold 0 to stop early"
+    ref_state = torch.load(paths.MODELS / "fold_0" / "best.pt", weights_only=True)["state_dict"]
+    first = evaluate_stage.run_evaluate(p)
+
+    class Killed(Exception):
+        pass
+
+    original = Tracker.log_epoch
+
+    def dies_in_fold_1(self, row):
+        original(self, row)
+        if self.csv_path is not None and self.csv_path.name == "fold_1.csv" and row["epoch"] == 2:
+            raise Killed
+
+    monkeypatch.setattr(Tracker, "log_epoch", dies_in_fold_1)
+    with pytest.raises(Killed):
+        train_stage.run_train(p, progress=False)
+    monkeypatch.setattr(Tracker, "log_epoch", original)
+    capsys.readouterr()
+    train_stage.run_train(p, progress=False)
+    assert "fold 0 has already finished" in capsys.readouterr().err
+    again = json.loads((paths.MODELS / "summary.json").read_text())["folds"]
+    assert again == reference
+    state = torch.load(paths.MODELS / "fold_0" / "best.pt", weights_only=True)["state_dict"]
+    assert all(torch.equal(state[k], ref_state[k]) for k in ref_state)
+    assert evaluate_stage.run_evaluate(p) == first
+
+
+def test_a_corrupt_or_foreign_resume_file_is_reported_and_ignored(project, tiny_params, capsys):
+    p = tiny_params
+    prepare_demo(p)
+    train_stage.run_train(p, progress=False)
+    ref = torch.load(paths.MODELS / "fold_0" / "best.pt", weights_only=True)["state_dict"]
+    paths.RESUME.mkdir(parents=True, exist_ok=True)
+    for content in (b"garbage, not a checkpoint", None):
+        if content is None:
+            torch.save({"fingerprint": "another run", "model": {}, "optimizer": {}, "rng": torch.get_rng_state(),
+                        "state": {}}, paths.RESUME / "fold_0.pt")
+        else:
+            (paths.RESUME / "fold_0.pt").write_bytes(content)
+        capsys.readouterr()
+        train_stage.run_train(p, progress=False)
+        err = capsys.readouterr().err
+        assert "warning: train: fold 0" in err and str(paths.RESUME / "fold_0.pt") in err
+        state = torch.load(paths.MODELS / "fold_0" / "best.pt", weights_only=True)["state_dict"]
+        assert all(torch.equal(state[k], ref[k]) for k in ref)
+
+
+def test_epoch_lines_without_a_terminal_give_seconds_and_time_left(project, tiny_params, capsys):
+    prepare_demo(tiny_params)
+    train_stage.run_train(tiny_params, progress=True)  # stderr is not a terminal under pytest
+    err = capsys.readouterr().err
+    lines = [x for x in err.splitlines() if x.startswith("fold 0 epoch ")]
+    assert len(lines) == tiny_params.epochs
+    assert all(" s, at most " in x and "left in this fold" in x for x in lines)
+    assert "fold 0: 3 epochs" in err and "best epoch" in err

@@ -132,19 +132,33 @@ def train_fold(p: Params, store: FeatureStore, split: dict[str, list[str]],
               file=sys.stderr)
         policy = "last"
     fp = fingerprint(p, split, store, prototypes)
-    state = {"epoch": 0, "best_score": -math.inf, "best_epoch": 0, "stale": 0, "best_state": None, "rows": []}
-    if resume_path.is_file():
-        saved = torch.load(resume_path, map_location=device, weights_only=True)
-        if saved.get("fingerprint") == fp:
-            model.load_state_dict(saved["model"])
-            opt.load_state_dict(saved["optimizer"])
-            torch.set_rng_state(saved["rng"])
-            state = saved["state"]
-            for row in state["rows"]:
-                tracker.rows.append(row)
-            print(f"train: fold {fold} resumes after epoch {state['epoch']}", file=sys.stderr)
-    stopped_early = False
-    for epoch in range(state["epoch"] + 1, p.epochs + 1):
+    state = {"epoch": 0, "best_score": -math.inf, "best_epoch": 0, "stale": 0, "best_state": None, "rows": [],
+             "finished": False, "stopped_early": False}
+    saved = _read_resume(resume_path, fp, device, fold)
+    if saved is not None:
+        model.load_state_dict(saved["model"])
+        opt.load_state_dict(saved["optimizer"])
+        torch.set_rng_state(saved["rng"])
+        if saved.get("cuda_rng") is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(saved["cuda_rng"])
+        if saved.get("scaler"):
+            scaler.load_state_dict(saved["scaler"])
+        state = {**state, **saved["state"]}
+        for row in state["rows"]:
+            tracker.rows.append(row)
+        done = "has already finished" if state["finished"] else f"resumes after epoch {state['epoch']}"
+        print(f"train: fold {fold} {done} ({resume_path})", file=sys.stderr)
+
+    def checkpoint_state() -> None:
+        if main:
+            _atomic_save({"fingerprint": fp, "model": model.state_dict(), "optimizer": opt.state_dict(),
+                          "rng": torch.get_rng_state(), "scaler": scaler.state_dict(),
+                          "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+                          "state": state}, resume_path)
+
+    fold_started = time.perf_counter()
+    first_epoch = p.epochs + 1 if state["finished"] else state["epoch"] + 1
+    for epoch in range(first_epoch, p.epochs + 1):
         lr = p.lr * lr_factor(epoch, p.warmup_epochs, p.epochs)
         for g in opt.param_groups:
             g["lr"] = lr
@@ -213,21 +227,53 @@ def train_fold(p: Params, store: FeatureStore, split: dict[str, list[str]],
         state["epoch"] = epoch
         state["rows"].append(row)
         tracker.log_epoch(row)
-        if main:
-            print(f"fold {fold} epoch {epoch}: loss {row['loss']:.4f} val_auc {_fmt(val_auc)} val_acc {_fmt(val_acc)}",
-                  file=sys.stderr)
-            _atomic_save({"fingerprint": fp, "model": model.state_dict(), "optimizer": opt.state_dict(),
-                          "rng": torch.get_rng_state(), "state": state}, resume_path)
         if policy != "last" and state["stale"] >= p.patience:
-            stopped_early = True
+            state["stopped_early"] = True
+        state["finished"] = state["stopped_early"] or epoch == p.epochs
+        if main:
+            per_epoch = (time.perf_counter() - fold_started) / (epoch - first_epoch + 1)
+            left = 0 if state["finished"] else p.epochs - epoch
+            print(f"fold {fold} epoch {epoch}/{p.epochs}: loss {row['loss']:.4f} val_auc {_fmt(val_auc)} "
+                  f"val_acc {_fmt(val_acc)} | {row['epoch_seconds']:.1f} s, at most {_duration(left * per_epoch)} "
+                  f"left in this fold", file=sys.stderr, flush=True)
+        checkpoint_state()  # the fact that a fold has finished is saved too: a resume never trains it on
+        if state["stopped_early"]:
             break
     best = copy.deepcopy(model)
     best.load_state_dict(state["best_state"])
     summary = {"fold": fold, "best_epoch": state["best_epoch"], "best_score": state["best_score"],
-               "epochs_run": state["epoch"], "stopped_early": stopped_early, "save_policy": policy}
+               "epochs_run": state["epoch"], "stopped_early": state["stopped_early"], "save_policy": policy}
     if main:
         save_model(out_dir / "best.pt", best, mp, store.classes, {"summary": summary})
+        print(f"fold {fold}: {state['epoch']} epochs{' (early stop)' if state['stopped_early'] else ''}, "
+              f"best epoch {state['best_epoch']} (score {state['best_score']:.4f}), "
+              f"{_duration(time.perf_counter() - fold_started)} this run", file=sys.stderr, flush=True)
     return summary
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(round(seconds))
+    return f"{seconds // 60} min {seconds % 60:02d} s" if seconds >= 60 else f"{seconds} s"
+
+
+def _read_resume(path: Path, fp: str, device: torch.device, fold: int) -> dict[str, Any] | None:
+    """The saved state of this very run, or None (fresh start). A corrupt, foreign or stale file is
+    reported with its path and ignored; it is overwritten after the first epoch."""
+    if not path.is_file():
+        return None
+    try:
+        saved = torch.load(path, map_location=device, weights_only=True)
+        if not isinstance(saved, dict) or not {"model", "optimizer", "rng", "state"} <= set(saved):
+            raise ValueError("not a recomil resume file")
+    except Exception as exc:  # noqa: BLE001 - any unreadable file means: start afresh, say so
+        print(f"warning: train: fold {fold}: ignoring the unreadable resume file {path} ({type(exc).__name__}: "
+              f"{str(exc)[:200]}); training starts afresh", file=sys.stderr)
+        return None
+    if saved.get("fingerprint") != fp:
+        print(f"warning: train: fold {fold}: the resume file {path} belongs to a run with other params, data, "
+              f"split or prototypes; ignored, training starts afresh", file=sys.stderr)
+        return None
+    return saved
 
 
 def _fmt(v: float | None) -> str:
