@@ -193,7 +193,9 @@ def test_patch_size_travels_through_ingest_and_the_key_covers_files_without_attr
     _h5(feats / "a.h5", TRIDENT_ATTRS)
     _h5(feats / "b.h5", {})
     np.save(feats / "c.npy", np.ones((4, 8), np.float32))
-    pd.DataFrame({"slide_id": ["a", "b", "c"], "label": ["x", "y", "x"]}).to_csv(project / "labels.csv", index=False)
+    np.save(feats / "d.npy", np.ones((4, 8), np.float32))
+    pd.DataFrame({"slide_id": list("abcd"), "label": ["x", "y", "x", "y"]}).to_csv(project / "labels.csv",
+                                                                                    index=False)
     p = make_params({"dataset": "folder", "root_dir_high": str(feats), "labels_csv": str(project / "labels.csv")})
     run_ingest(p, progress=False)
     store = FeatureStore("data/store")

@@ -7,6 +7,7 @@ Accepted names (any supported ending, anywhere below the root):
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 
@@ -27,16 +28,44 @@ def slide_key(path: Path) -> tuple[str, str | None]:
     return stem, None
 
 
-class FileIndex:
-    """All feature files below ``root``, keyed by slide id and scale."""
+def walk_files(root: Path, subdirs: tuple[str, ...] = ("",)) -> list[Path]:
+    """Every file below ``root`` (or below its ``subdirs``), sorted, following symbolic links to
+    folders (the usual way to gather slides from shared drives) and guarding against link loops."""
+    found: list[Path] = []
+    seen: set[str] = set()
+    for sub in subdirs:
+        start = root / sub
+        if not start.is_dir():
+            continue
+        for dirpath, dirnames, filenames in os.walk(start, followlinks=True):
+            real = os.path.realpath(dirpath)
+            if real in seen:  # a loop, or a folder reached twice through links
+                dirnames[:] = []
+                continue
+            seen.add(real)
+            dirnames.sort()
+            found += [Path(dirpath) / f for f in sorted(filenames)]
+    return found
 
-    def __init__(self, root: str | Path) -> None:
+
+class FileIndex:
+    """All feature files below ``root``, keyed by slide id and scale.
+
+    Args:
+        subdirs: read only these folders below ``root`` (a preset's layout); default everything.
+        names: a regular expression the file name must match (a preset's naming); default any.
+    """
+
+    def __init__(self, root: str | Path, subdirs: tuple[str, ...] = ("",), names: str | None = None) -> None:
         self.root = Path(root).expanduser()
         if not self.root.is_dir():
             raise DataError(f"{self.root}: feature folder not found")
         self._files: dict[tuple[str, str | None], Path] = {}
-        for path in sorted(self.root.rglob("*")):
+        pattern = re.compile(names) if names else None
+        for path in walk_files(self.root, subdirs):
             if path.suffix.lower() not in SUFFIXES or not path.is_file():
+                continue
+            if pattern is not None and not pattern.fullmatch(path.name):
                 continue
             key = slide_key(path)
             if key in self._files:

@@ -68,10 +68,16 @@ def _binary_label(value: str, where: str) -> str:
                     f"{', '.join(sorted(_POSITIVE | _NEGATIVE))})")
 
 
-def _attach_files(slides: list[SlideEntry], roots: dict[str, str]) -> None:
+#: the Camelyon16 layout: the folders and file names the original reads, and nothing else
+C16_SUBDIRS = ("train/tumor", "train/normal", "test")
+C16_NAMES = r".+_(high|low)_feature_ctrans\.pkl"
+
+
+def _attach_files(slides: list[SlideEntry], roots: dict[str, str], subdirs: tuple[str, ...] = ("",),
+                  names: str | None = None) -> None:
     """Find each slide's file per scale; a listed slide without a file is an error."""
     for scale, root in roots.items():
-        index = FileIndex(root)
+        index = FileIndex(root, subdirs, names)
         for s in slides:
             path = index.find(s.slide_id, scale)
             if path is None:
@@ -107,7 +113,7 @@ def _c16(p: Params, root_high: str, root_low: str) -> Cohort:
     roots = {"high": root_high}
     if root_low:
         roots["low"] = root_low
-    index = FileIndex(root_high)
+    index = FileIndex(root_high, C16_SUBDIRS, C16_NAMES)
     if p.train_list:
         path = Path(p.train_list).expanduser()
         if not path.is_file():
@@ -131,7 +137,7 @@ def _c16(p: Params, root_high: str, root_low: str) -> Cohort:
     for row in df.itertuples(index=False):
         sid = _strip_name(getattr(row, id_col))
         slides.append(SlideEntry(sid, _binary_label(row.label, f"{p.test_csv}, slide {sid!r}"), "test"))
-    _attach_files(slides, roots)
+    _attach_files(slides, roots, C16_SUBDIRS, C16_NAMES)
     return Cohort(slides, ["normal", "tumor"], tuple(roots))
 
 
@@ -200,6 +206,8 @@ def _folder(p: Params) -> Cohort:
             raise DataError(f"{p.labels_csv}, slide {row.slide_id!r}: empty label")
         slides.append(SlideEntry(str(row.slide_id).strip(), str(row.label).strip(), split,
                                  str(getattr(row, "patient_id", "")).strip()))
+    canonical = canonical_labels([s.label for s in slides])
+    slides = [dataclasses.replace(s, label=lab) for s, lab in zip(slides, canonical)]
     names = sorted({s.label for s in slides})
     try:
         names = sorted(names, key=float)
@@ -207,6 +215,37 @@ def _folder(p: Params) -> Cohort:
         pass
     _attach_files(slides, roots)
     return Cohort(slides, names, tuple(roots))
+
+
+def canonical_labels(labels: list[str]) -> list[str]:
+    """Numeric labels as numbers: ``1``, ``1.0`` and `` 1`` are one class, ``1``. Text labels are
+    kept as written (stripped); a text spelling that differs is another class, which the cohort
+    check below then reports when it is too small to train on."""
+    values = []
+    for lab in labels:
+        try:
+            values.append(float(lab))
+        except ValueError:
+            return [lab.strip() for lab in labels]
+    if not all(np.isfinite(v) for v in values):
+        bad = next(lab for lab, v in zip(labels, values) if not np.isfinite(v))
+        raise DataError(f"label {bad!r} is not a class")
+    return [str(int(v)) if float(v).is_integer() else repr(float(v)) for v in values]
+
+
+def check_classes(cohort: Cohort, dataset: str) -> None:
+    """A cohort needs two classes or more, each with at least two slides (one cannot be both
+    trained on and tested); a too-small class is usually a misspelt label."""
+    by_class: dict[str, list[str]] = {}
+    for s in cohort.slides:
+        by_class.setdefault(s.label, []).append(s.slide_id)
+    if len(by_class) < 2:
+        raise DataError(f"dataset {dataset!r}: every slide has the label {next(iter(by_class))!r}; a classifier "
+                        f"needs at least two classes (labels found: {sorted(by_class)})")
+    for label, ids in sorted(by_class.items()):
+        if len(ids) < 2:
+            raise DataError(f"dataset {dataset!r}: class {label!r} has only {len(ids)} slide ({', '.join(ids)}); "
+                            f"each class needs at least 2 (a misspelt label? classes: {sorted(by_class)})")
 
 
 def load_cohort(p: Params) -> Cohort:
@@ -228,6 +267,7 @@ def load_cohort(p: Params) -> Cohort:
         seen.add(s.slide_id)
     if not cohort.slides:
         raise DataError(f"dataset {p.dataset!r}: no slides listed")
+    check_classes(cohort, p.dataset)
     return cohort
 
 

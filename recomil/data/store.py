@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -35,6 +36,9 @@ class StoreWriter:
     def __init__(self, path: str | Path, scales: tuple[str, ...], dtype: str, classes: list[str]) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        for stale in self.path.parent.glob(f".{self.path.name}.tmp-*"):  # left by a killed ingest
+            shutil.rmtree(stale, ignore_errors=True)
+            print(f"ingest: removed {stale}, left behind by an interrupted run", file=sys.stderr)
         self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.path.name}.tmp-", dir=self.path.parent))
         self.scales, self.dtype, self.classes = scales, np.dtype(dtype), classes
         self._feat = {s: open(self.tmp / f"{s}.features.bin", "wb") for s in scales}
@@ -50,7 +54,14 @@ class StoreWriter:
         for s in self.scales:
             bag = bags[s]
             n, d = bag.features.shape
-            self._feat[s].write(np.ascontiguousarray(bag.features, dtype=self.dtype).tobytes())
+            stored = np.ascontiguousarray(bag.features, dtype=self.dtype)
+            if not np.isfinite(stored).all():  # finite input that the store dtype cannot hold
+                j = int(np.argmax(~np.isfinite(stored).all(1)))
+                v = bag.features[j][~np.isfinite(stored[j])][0]
+                raise DataError(f"slide {row['slide_id']!r}: feature value {float(v):.6g} (patch {j}, {s} scale) is "
+                                f"beyond the range of store_dtype {self.dtype.name} (largest "
+                                f"{float(np.finfo(self.dtype).max):.6g}); set store_dtype: float32")
+            self._feat[s].write(stored.tobytes())
             coords = bag.coords if bag.coords is not None else np.full((n, 2), np.nan)
             has_coords &= bag.coords is not None
             self._coord[s].write(np.ascontiguousarray(coords, dtype=np.float32).tobytes())

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from recomil.data.discovery import walk_files
 from recomil.data.errors import DataError
 
 SLIDE_SUFFIXES = (".svs", ".tif", ".tiff", ".ndpi", ".mrxs", ".scn", ".svslide", ".bif", ".vms", ".vmu",
@@ -30,7 +31,7 @@ class SlideIndex:
         if not self.root.is_dir():
             raise DataError(f"{self.root}: slides_dir is not a folder")
         self._files: dict[str, list[Path]] = {}
-        for path in sorted(self.root.rglob("*")):
+        for path in walk_files(self.root):
             if path.suffix.lower() in SLIDE_SUFFIXES and path.is_file():
                 self._files.setdefault(path.stem, []).append(path)
 

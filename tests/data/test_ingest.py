@@ -80,9 +80,11 @@ def test_c17_and_tcga(tmp_path):
     assert ingest(p, tmp_path / "s1", progress=False)["slides"] == 4
     for name in ("luad", "lusc"):
         (tmp_path / name).mkdir()
-    np.save(tmp_path / "luad" / "a.npy", np.ones((2, 3), np.float32))
-    np.save(tmp_path / "lusc" / "b.npy", np.ones((2, 3), np.float32))
-    (tmp_path / "t.csv").write_text("slide_id,label\na,TCGA-LUAD\nb,TCGA-LUSC\n")
+    for sid in "ac":
+        np.save(tmp_path / "luad" / f"{sid}.npy", np.ones((2, 3), np.float32))
+    for sid in "bd":
+        np.save(tmp_path / "lusc" / f"{sid}.npy", np.ones((2, 3), np.float32))
+    (tmp_path / "t.csv").write_text("slide_id,label\na,TCGA-LUAD\nb,TCGA-LUSC\nc,TCGA-LUAD\nd,1\n")
     p = make_params({"dataset": "tcga", "train_csv": str(tmp_path / "t.csv"), "luad_dir": str(tmp_path / "luad"),
                      "lusc_dir": str(tmp_path / "lusc")})
     ingest(p, tmp_path / "s2", progress=False)
@@ -168,11 +170,11 @@ def test_failed_ingest_keeps_previous_store(tmp_path):
 def test_pickle_features_of_original_naming(tmp_path):
     root = tmp_path / "r"
     root.mkdir()
-    for sid in ("a", "b"):
+    for sid in ("a", "b", "c", "d"):
         for scale in ("high", "low"):
             items = [{"feature": np.ones(3, np.float32), "coords": np.array([i, 0])} for i in range(4)]
             (root / f"{sid}_{scale}_feature_ctrans.pkl").write_bytes(pickle.dumps(items))
-    (tmp_path / "l.csv").write_text("slide_id,label\na,0\nb,1\n")
+    (tmp_path / "l.csv").write_text("slide_id,label\na,0\nb,1\nc,0\nd,1\n")
     p = make_params({"dataset": "folder", "root_dir_high": str(root), "root_dir_low": str(root),
                      "labels_csv": str(tmp_path / "l.csv")})
     ingest(p, tmp_path / "store", progress=False)
