@@ -250,6 +250,18 @@ def _validate(p: Params) -> None:
         raise ConfigError(f"param 'folds' must be 0 (the dataset's own split) or at least 2, got {p.folds}")
     if p.lr <= 0:
         raise ConfigError(f"param 'lr' must be positive, got {p.lr}")
+    if p.patience < 1:
+        raise ConfigError(f"param 'patience' must be at least 1 (epochs without improvement before stopping), "
+                          f"got {p.patience}; use save_policy: last to train every epoch")
+    if not 0 <= p.seed < 2**32:
+        raise ConfigError(f"param 'seed' must lie in [0, 2**32), got {p.seed}")
+    for s in SCALES:
+        if not 0.0 <= getattr(p, f"outlier_top_p_{s}") <= 1.0:
+            raise ConfigError(f"param 'outlier_top_p_{s}' must lie in [0, 1] (a share of the patches), "
+                              f"got {getattr(p, f'outlier_top_p_{s}')}")
+        if getattr(p, f"route_topk_{s}") > getattr(p, f"num_protos_{s}"):
+            raise ConfigError(f"param 'route_topk_{s}' is {getattr(p, f'route_topk_{s}')}, more than the "
+                              f"{getattr(p, f'num_protos_{s}')} prototypes (num_protos_{s}); 0 routes to all")
     for key in ("patch_size_level0", "patch_size_level0_low", "heatmap_topk"):
         if getattr(p, key) < 0:
             raise ConfigError(f"param {key!r} must be 0 or positive, got {getattr(p, key)}")

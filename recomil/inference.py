@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from recomil.config import Params, make_params
+from recomil.data.errors import DataError
 from recomil.model import build_model
 from recomil.model.mil import MILClassifier
 
@@ -49,9 +50,17 @@ def model_num_classes(model: MILClassifier) -> int:
 
 
 def load_model(path: str | Path, device: torch.device | str = "cpu") -> tuple[MILClassifier, Params, list[str]]:
-    """Load a checkpoint written by :func:`save_model` (safely, ``weights_only=True``)."""
-    ckpt = torch.load(path, map_location=device, weights_only=True)
-    p = make_params(ckpt["params"])
-    model = build_model(p)
-    model.load_state_dict(ckpt["state_dict"])
+    """Load a checkpoint written by the train stage (safely: ``weights_only=True``, so a file
+    cannot run code). A file that is not such a checkpoint is a :class:`DataError` naming it."""
+    try:
+        ckpt = torch.load(path, map_location=device, weights_only=True)
+        if not isinstance(ckpt, dict) or not {"params", "state_dict", "classes"} <= set(ckpt):
+            raise ValueError("it lacks params, state_dict or classes")
+        p = make_params(ckpt["params"])
+        model = build_model(p)
+        model.load_state_dict(ckpt["state_dict"])
+    except FileNotFoundError:
+        raise DataError(f"{path}: model file not found") from None
+    except Exception as exc:  # noqa: BLE001 - unpickling refusals, zip errors, shape mismatches
+        raise DataError(f"{path}: not a recomil model checkpoint ({type(exc).__name__}: {str(exc)[:300]})") from None
     return model.to(device).eval(), p, list(ckpt["classes"])

@@ -43,17 +43,24 @@ def make_splits(manifest: pd.DataFrame, p: Params) -> list[dict[str, list[str]]]
     groups = manifest["patient_id"].to_numpy(dtype=str)
     splits = manifest["split"].fillna("").astype(str).str.lower().to_numpy()
     _check_patients(manifest)
+    classes = (manifest.drop_duplicates("label_index").set_index("label_index")["label"].to_dict()
+               if "label" in manifest.columns else {})
     parts: list[tuple[np.ndarray, np.ndarray]] = []
     if p.folds == 0:
         if (splits == "test").any():
             parts.append((np.flatnonzero(splits != "test"), np.flatnonzero(splits == "test")))
         else:
+            if p.test_split <= 0:
+                raise DataError("the dataset has no test split of its own and param 'test_split' is 0: nothing "
+                                "would be tested; set test_split (e.g. 0.2) or folds (e.g. 5)")
+            _need_per_class(labels, groups, max(2, round(1.0 / p.test_split)), classes, "test_split", p.test_split)
             rest, held = _hold_out(np.arange(len(ids)), labels, groups, p.test_split, p.seed)
             parts.append((rest, held))
     else:
         n_groups = len(np.unique(groups))
         if n_groups < p.folds:
             raise DataError(f"folds is {p.folds} but the cohort has only {n_groups} patients")
+        _need_per_class(labels, groups, p.folds, classes, "folds", p.folds)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)
             cv = StratifiedGroupKFold(n_splits=p.folds, shuffle=True, random_state=p.seed)
@@ -69,6 +76,17 @@ def make_splits(manifest: pd.DataFrame, p: Params) -> list[dict[str, list[str]]]
         folds.append({"train": sorted(ids[fit_idx].tolist()), "val": sorted(ids[val_idx].tolist()),
                       "test": sorted(ids[test_idx].tolist())})
     return folds
+
+
+def _need_per_class(labels: np.ndarray, groups: np.ndarray, parts: int, classes: dict[int, str], key: str,
+                    value: float) -> None:
+    """Each class must have at least ``parts`` patients, or some part would lack it: say which
+    class and which param, instead of scikit-learn's "n_splits=... cannot be greater than ..."."""
+    for c in np.unique(labels):
+        n = len(np.unique(groups[labels == c]))
+        if n < parts:
+            raise DataError(f"class {classes.get(int(c), c)!r} has {n} patient(s), too few for param {key!r} = "
+                            f"{value} (it needs {parts} per class); lower {key} or add slides of that class")
 
 
 def _check_patients(manifest: pd.DataFrame) -> None:

@@ -153,7 +153,8 @@ def test_orthogonal_term_trains_the_released_prototypes(demo_project):
 def test_patience_counts_only_after_warmup_and_freezing_and_min_delta_blocks_small_gains(demo_project):
     """A min_delta no score can beat makes epoch 1 the best; the run then stops after ``patience``
     stale epochs, counted from epoch 1 (original) or after max(warm-up, freezing) (default)."""
-    kw = dict(epochs=9, warmup_epochs=3, freeze_protos_epochs=2, patience=2, min_delta=5.0, save_policy="joint")
+    kw = dict(epochs=9, warmup_epochs=3, freeze_protos_epochs=2, patience=2, min_delta=5.0, save_policy="train_loss",
+              lr=1e-3)
     _, orig, _, _, _ = _train(demo_project, "es_orig", early_stop_after_warmup=False, **kw)
     assert orig["best_epoch"] == 1 and orig["stopped_early"] and orig["epochs_run"] == 3
     _, late, _, _, _ = _train(demo_project, "es_late", early_stop_after_warmup=True, **kw)
@@ -161,6 +162,9 @@ def test_patience_counts_only_after_warmup_and_freezing_and_min_delta_blocks_sma
     kw["freeze_protos_epochs"] = 4
     _, frozen, _, _, _ = _train(demo_project, "es_frozen", early_stop_after_warmup=True, **kw)
     assert frozen["epochs_run"] == 6
+    # the same runs without min_delta select a later epoch: the training loss does fall
+    _, free, _, _, _ = _train(demo_project, "es_free", early_stop_after_warmup=False, **{**kw, "min_delta": 0.0})
+    assert free["best_epoch"] > 1
 
 
 def test_min_delta_zero_keeps_any_strict_improvement(demo_project):

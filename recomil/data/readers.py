@@ -78,7 +78,10 @@ def _as_2d(path: Path, arr: Any) -> np.ndarray:
         a = a[0]
     if a.ndim != 2:
         raise DataError(f"{path}: features must be a 2-D [N, D] array, got shape {a.shape}")
-    if not np.issubdtype(a.dtype, np.number):
+    if np.issubdtype(a.dtype, np.complexfloating):
+        raise DataError(f"{path}: features are complex-valued ({a.dtype}); expected real numbers "
+                        f"(dropping the imaginary part would change them)")
+    if not np.issubdtype(a.dtype, np.number) or a.dtype == np.bool_:
         raise DataError(f"{path}: features must be numeric, got dtype {a.dtype}")
     return a.astype(np.float32, copy=False)
 
@@ -162,6 +165,10 @@ def _read_h5(path: Path) -> Bag:
             key = next((k for k in ("features", "feats") if k in f), None)
             if key is None:
                 raise DataError(f"{path}: no 'features' (or 'feats') dataset; found {sorted(f.keys())}")
+            for name in (key, "coords"):
+                if name in f and not isinstance(f[name], h5py.Dataset):
+                    raise DataError(f"{path}: '{name}' is a {type(f[name]).__name__} (a folder inside the file), "
+                                    f"not an array")
             feats = _as_2d(path, f[key][()])
             coords, attrs = None, {}
             if "coords" in f:

@@ -54,7 +54,8 @@ class StoreWriter:
         for s in self.scales:
             bag = bags[s]
             n, d = bag.features.shape
-            stored = np.ascontiguousarray(bag.features, dtype=self.dtype)
+            with np.errstate(over="ignore"):  # checked just below, with the slide named
+                stored = np.ascontiguousarray(bag.features, dtype=self.dtype)
             if not np.isfinite(stored).all():  # finite input that the store dtype cannot hold
                 j = int(np.argmax(~np.isfinite(stored).all(1)))
                 v = bag.features[j][~np.isfinite(stored[j])][0]

@@ -113,7 +113,8 @@ def score_slides(model_path: str | Path, features: list[str | Path], features_lo
             if b.features.shape[0] == 0 or b.features.shape[1] != width:
                 raise DataError(f"slide {sid!r} ({path}): features {list(b.features.shape)} do not fit the model "
                                 f"(width {width} at the {scale} scale)")
-            stored = b.features.astype(dtype)
+            with np.errstate(over="ignore"):  # checked just below, with the slide named
+                stored = b.features.astype(dtype)
             if not np.isfinite(stored).all():
                 raise DataError(f"slide {sid!r} ({path}): NaN or Inf features (or values beyond the range of "
                                 f"{dtype.name}, the store dtype the model was trained with)")
