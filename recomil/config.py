@@ -9,6 +9,7 @@ naming, ``<name>_high`` / ``<name>_low``; :meth:`Params.scale` gathers them into
 from __future__ import annotations
 
 import dataclasses
+import difflib
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,17 @@ MODELS = ("recomil", "abmil")
 STORE_DTYPES = ("float16", "float32")
 NONFINITE = ("error", "drop")
 KMEANS_ALGORITHMS = ("lloyd", "minibatch")
+
+
+#: the data keys each ``dataset`` preset reads; any other of them set is an error (a user who
+#: forgets ``-S dataset=folder`` must not train on the demo without a word)
+DATASET_KEYS: dict[str, tuple[str, ...]] = {
+    "demo": (),
+    "c16": ("root_dir_high", "root_dir_low", "train_list", "test_csv"),
+    "c17": ("root_dir_high", "root_dir_low", "ids_file", "labels_npy"),
+    "tcga": ("train_csv", "luad_dir", "lusc_dir"),
+    "folder": ("root_dir_high", "root_dir_low", "labels_csv"),
+}
 
 
 class ConfigError(ValueError):
@@ -250,6 +262,14 @@ def _validate(p: Params) -> None:
         raise ConfigError(f"param 'folds' must be 0 (the dataset's own split) or at least 2, got {p.folds}")
     if p.lr <= 0:
         raise ConfigError(f"param 'lr' must be positive, got {p.lr}")
+    read = DATASET_KEYS[p.dataset]
+    ignored = [k for keys in DATASET_KEYS.values() for k in keys if k not in read and getattr(p, k)]
+    if ignored:
+        readers = {k: [d for d, keys in DATASET_KEYS.items() if k in keys] for k in ignored}
+        raise ConfigError(f"param(s) {', '.join(repr(k) for k in dict.fromkeys(ignored))} set, but dataset "
+                          f"{p.dataset!r} does not read them (they are read by dataset "
+                          f"{' / '.join(dict.fromkeys(d for ds in readers.values() for d in ds))}); set 'dataset' "
+                          f"accordingly or clear them")
     if p.patience < 1:
         raise ConfigError(f"param 'patience' must be at least 1 (epochs without improvement before stopping), "
                           f"got {p.patience}; use save_policy: last to train every epoch")
@@ -290,7 +310,11 @@ def make_params(values: dict[str, Any] | None = None) -> Params:
     known = {f.name for f in fields(Params)}
     unknown = sorted(set(values) - known)
     if unknown:
-        raise ConfigError(f"unknown param(s): {', '.join(unknown)} (see params.yaml for the valid keys)")
+        hints = []
+        for key in unknown:
+            close = difflib.get_close_matches(key, sorted(known), n=1, cutoff=0.6)
+            hints.append(f"{key!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+        raise ConfigError(f"unknown param(s): {', '.join(hints)}; see params.yaml for the valid keys")
     kwargs = {k: _coerce(k, v, getattr(defaults, k)) for k, v in values.items()}
     p = dataclasses.replace(defaults, **kwargs)
     _validate(p)

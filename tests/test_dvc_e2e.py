@@ -49,7 +49,8 @@ def repo(tmp_path):
 def test_repro_noop_and_experiments(repo):
     dest, env = repo
     out = _run(["dvc", "repro"], dest, env)
-    assert _ran(out) == {"demo", "ingest", "split", "prototypes@high", "prototypes@low", "train", "evaluate"}
+    assert _ran(out) == {"check_params", "demo", "ingest", "split", "prototypes@high", "prototypes@low", "train",
+                         "evaluate"}
     metrics = json.loads((dest / "results/metrics.json").read_text())
     assert {"auc", "acc", "balanced_acc", "f1"} <= set(metrics)
     assert list((dest / "wandb").glob("offline-run-*"))
@@ -59,13 +60,28 @@ def test_repro_noop_and_experiments(repo):
     assert _ran(_run(["dvc", "repro"], dest, env)) == set()
 
     out = _run(["dvc", "exp", "run", "-S", "outlier_alpha_high=0.3"], dest, env)
-    assert _ran(out) == {"train", "evaluate"}
+    assert _ran(out) == {"check_params", "train", "evaluate"}  # check_params reads every key, cheaply
     out = _run(["dvc", "exp", "run", "-S", "num_protos_low=16"], dest, env)
-    assert _ran(out) == {"prototypes@low", "train", "evaluate"}
+    assert _ran(out) == {"check_params", "prototypes@low", "train", "evaluate"}
     diff = _run(["dvc", "metrics", "diff", "--all", "--json"], dest, env)
     assert "results/metrics.json" in diff and "auc" in diff
     shown = _run(["dvc", "plots", "show", "--json"], dest, env)
     assert "roc.csv" in shown and "confusion.csv" in shown and "train_log" in shown
+    assert "val_auc" in shown and "val_acc" in shown and '"lr"' in shown
+
+    # a mistyped key fails `dvc repro` and `dvc exp run -S +key=...`, naming it and the closest key
+    before = (dest / "results/metrics.json").read_text()
+    res = subprocess.run(["dvc", "exp", "run", "-S", "+outlier_alpha_hgh=0.3"], cwd=dest, env=env,
+                         capture_output=True, text=True, timeout=900)
+    assert res.returncode != 0
+    assert "'outlier_alpha_hgh' (did you mean 'outlier_alpha_high'?)" in res.stdout + res.stderr
+    assert _ran(res.stdout + res.stderr) == {"check_params"}
+    _run(["git", "checkout", "params.yaml"], dest, env)
+    params = yaml.safe_load((dest / "params.yaml").read_text())
+    (dest / "params.yaml").write_text(yaml.safe_dump({**params, "patiense": 3}, sort_keys=False))
+    res = subprocess.run(["dvc", "repro"], cwd=dest, env=env, capture_output=True, text=True, timeout=900)
+    assert res.returncode != 0 and "'patiense' (did you mean 'patience'?)" in res.stdout + res.stderr
+    assert (dest / "results/metrics.json").read_text() == before
 
 
 def test_bad_input_fails_the_stage_with_one_clear_line(repo):

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 DEMO = Path("data/demo")
+PARAMS_OK = Path("data/params.ok")
 STORE = Path("data/store")
 SPLIT = Path("data/split.json")
 PROTOTYPES = Path("data/prototypes")
