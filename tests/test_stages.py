@@ -204,3 +204,35 @@ def test_epoch_lines_without_a_terminal_give_seconds_and_time_left(project, tiny
     assert len(lines) == tiny_params.epochs
     assert all(" s, at most " in x and "left in this fold" in x for x in lines)
     assert "fold 0: 3 epochs" in err and "best epoch" in err
+
+
+def test_cross_validated_figures_come_with_intervals_that_describe_them(project, tiny_params, capsys):
+    """#17.14/21: with folds > 1 `auc` is the mean over folds and its interval is the mean's; the
+    pooled predictions get `auc_pooled` and its own interval; each fold its own; small test sets warn."""
+    p = dataclasses.replace(tiny_params, folds=2, epochs=2, bootstrap=200)
+    prepare_demo(p)
+    train_stage.run_train(p, progress=False)
+    m = evaluate_stage.run_evaluate(p)
+    assert m["auc"] == pytest.approx(np.mean([f["auc"] for f in m["per_fold"]]))
+    preds = pd.read_csv(paths.PREDICTIONS)
+    from recomil.metrics import auc_score
+
+    probs = preds[["prob_normal", "prob_tumor"]].to_numpy()
+    assert m["auc_pooled"] == pytest.approx(auc_score((preds["label"] == "tumor").to_numpy().astype(int), probs))
+    for lo, hi, mid in [(m["auc_ci_low"], m["auc_ci_high"], m["auc"]),
+                        (m["auc_pooled_ci_low"], m["auc_pooled_ci_high"], m["auc_pooled"]),
+                        *[(f["auc_ci_low"], f["auc_ci_high"], f["auc"]) for f in m["per_fold"]]]:
+        assert (lo is None and hi is None) or lo <= mid <= hi or (lo < hi)
+    assert "warning: evaluate: a test set has only" in capsys.readouterr().err
+
+
+def test_a_degenerate_interval_is_reported_as_undefined():
+    from recomil.metrics import bootstrap_auc
+
+    labels = np.array([0, 0, 1, 1])
+    probs = np.array([[0.9, 0.1], [0.8, 0.2], [0.3, 0.7], [0.2, 0.8]])
+    lo, hi = bootstrap_auc(labels, probs, 100, 0)
+    assert (lo, hi) == (1.0, 1.0)
+    m = {"auc": 1.0, "auc_ci_low": lo, "auc_ci_high": hi, "auc_pooled_ci_low": 0.5, "auc_pooled_ci_high": 0.9}
+    evaluate_stage.drop_degenerate_intervals(m)
+    assert m["auc_ci_low"] is None and m["auc_ci_high"] is None and m["auc_pooled_ci_low"] == 0.5

@@ -17,7 +17,14 @@ from recomil.data.wsi import SlideIndex
 from recomil.evaluation.explain import write_explanations
 from recomil.evaluation.localisation import load_ground_truth, localisation_auc
 from recomil.inference import load_model, predict_bags
-from recomil.metrics import bootstrap_auc, classification_metrics, confusion, roc_points
+from recomil.metrics import (
+    auc_score,
+    bootstrap_auc,
+    bootstrap_mean_auc,
+    classification_metrics,
+    confusion,
+    roc_points,
+)
 from recomil.pipeline import paths
 from recomil.pipeline.data_stages import load_split
 from recomil.training.bags import BagSet
@@ -34,6 +41,17 @@ def _aggregate(per_fold: list[dict[str, Any]]) -> dict[str, Any]:
         else:
             out[key], out[f"{key}_std"] = float(np.mean(vals)), float(np.std(vals))
     return out
+
+
+def drop_degenerate_intervals(metrics: dict[str, Any]) -> None:
+    """An interval whose ends coincide (every resample gave the same AUC, e.g. a few perfectly
+    ranked slides) is false precision: report it as undefined (null), with a warning."""
+    for key in [k for k in metrics if k.endswith("_ci_low")]:
+        hi_key = key.replace("_ci_low", "_ci_high")
+        if metrics[key] is not None and metrics[key] == metrics.get(hi_key):
+            print(f"warning: evaluate: the bootstrap interval of {key[:-7]} is degenerate ({metrics[key]:.3f}); "
+                  f"reported as undefined (null)", file=sys.stderr)
+            metrics[key] = metrics[hi_key] = None
 
 
 def run_evaluate(p: Params) -> dict[str, Any]:
@@ -72,8 +90,25 @@ def run_evaluate(p: Params) -> dict[str, Any]:
         all_probs.append(probs)
     labels, probs = np.concatenate(all_labels), np.concatenate(all_probs)
     metrics: dict[str, Any] = dict(per_fold[0]) if len(folds) == 1 else _aggregate(per_fold)
-    metrics["auc_ci_low"], metrics["auc_ci_high"] = bootstrap_auc(labels, probs, p.bootstrap, p.seed)
+    if len(folds) == 1:
+        metrics["auc_ci_low"], metrics["auc_ci_high"] = bootstrap_auc(labels, probs, p.bootstrap, p.seed)
+    else:
+        # `auc` is the mean over folds, so its interval is that of the mean over folds; the pooled
+        # predictions of the different fold models (the ROC curve, the confusion matrix) get an
+        # AUC and an interval of their own, and every fold its own interval
+        metrics["auc_ci_low"], metrics["auc_ci_high"] = bootstrap_mean_auc(
+            list(zip(all_labels, all_probs)), p.bootstrap, p.seed)
+        metrics["auc_pooled"] = auc_score(labels, probs)
+        metrics["auc_pooled_ci_low"], metrics["auc_pooled_ci_high"] = bootstrap_auc(labels, probs, p.bootstrap,
+                                                                                     p.seed)
+        for k, (y, pr) in enumerate(zip(all_labels, all_probs)):
+            per_fold[k]["auc_ci_low"], per_fold[k]["auc_ci_high"] = bootstrap_auc(y, pr, p.bootstrap, p.seed + k)
     metrics["n_test"] = int(len(labels))
+    small = min(np.bincount(y, minlength=len(classes)).min() for y in all_labels)
+    if small < 10:
+        print(f"warning: evaluate: a test set has only {small} slide(s) of its smallest class; its AUC interval is "
+              f"wide or undefined and its metrics move a lot with a single slide", file=sys.stderr)
+    drop_degenerate_intervals(metrics)
     if p.dataset == "demo":
         metrics.update(localisation_auc(attentions, truths, p.seed))
     if len(folds) > 1:
@@ -117,7 +152,6 @@ def _log_wandb(p: Params, metrics: dict[str, Any], labels: np.ndarray, probs: np
                 values["test/roc"] = wandb.plot.roc_curve(labels.tolist(), probs.tolist(), labels=classes)
             for png in sorted(pngs, key=lambda q: q.parent.name != "slides")[:50]:  # slide overlays first
                 values[f"{'slide' if png.parent.name == 'slides' else 'heatmap'}/{png.stem}"] = wandb.Image(str(png))
-            tracker.log(values)
-            tracker.summary({k: v for k, v in metrics.items() if isinstance(v, (int, float))})
+            tracker.log(values)  # once: wandb keeps the last logged values as the run summary
     finally:
         tracker.finish()

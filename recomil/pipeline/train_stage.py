@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -16,7 +17,7 @@ from recomil.pipeline import paths
 from recomil.pipeline.data_stages import load_split
 from recomil.pipeline.prototypes_stage import load_prototypes
 from recomil.training import distributed as ddp
-from recomil.training.tracking import Tracker
+from recomil.training.tracking import Tracker, experiment_name
 from recomil.training.trainer import model_params, train_fold
 
 
@@ -61,10 +62,12 @@ def _train_all(p: Params, progress: bool) -> dict[str, Any]:
     for k, split in enumerate(folds):
         expect = {s: (p.scale(s).num_protos, store.dims[s]) for s in scales} if p.model == "recomil" else None
         protos = load_prototypes(scales, k, paths.PROTOTYPES, expect)
+        run_id = hashlib.sha256(json.dumps([p.to_dict(), split, k, experiment_name()], sort_keys=True,
+                                           default=str).encode()).hexdigest()[:20]
         tracker = Tracker(paths.TRAIN_LOG / f"fold_{k}.csv" if main else None,
                           mode=p.wandb_mode if main else "disabled", project=p.wandb_project,
                           name=f"train-fold{k}", group="recomil", config={**p.to_dict(), "fold": k},
-                          wandb_dir=paths.WANDB_DIR)
+                          wandb_dir=paths.WANDB_DIR, run_id=run_id)
         resume = paths.RESUME / f"fold_{k}.pt"
         try:
             summary = train_fold(p, store, split, protos, paths.MODELS / f"fold_{k}", resume, tracker, k, progress)

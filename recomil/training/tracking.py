@@ -8,6 +8,11 @@ from pathlib import Path
 from typing import Any
 
 
+def experiment_name() -> str:
+    """The DVC experiment being run (``dvc exp run`` sets ``DVC_EXP_NAME``), else ``workspace``."""
+    return os.environ.get("DVC_EXP_NAME") or "workspace"
+
+
 class Tracker:
     """Writes per-epoch rows to ``csv_path`` and mirrors them to a wandb run.
 
@@ -16,17 +21,24 @@ class Tracker:
     """
 
     def __init__(self, csv_path: str | Path | None, *, mode: str, project: str, name: str, group: str,
-                 config: dict[str, Any], wandb_dir: str | Path = ".", job_type: str = "train") -> None:
+                 config: dict[str, Any], wandb_dir: str | Path = ".", job_type: str = "train",
+                 run_id: str | None = None) -> None:
+        """``name`` and ``group`` are prefixed with the DVC experiment (``DVC_EXP_NAME``, which
+        ``dvc exp run`` sets), so runs of different experiments are told apart and grouped; a
+        ``run_id`` derived from what the run depends on makes a resumed training continue the
+        same wandb run instead of starting a new one with half the history."""
         self.csv_path = Path(csv_path) if csv_path else None
         self.rows: list[dict[str, Any]] = []
         self.run = None
         if mode != "disabled":
             import wandb
 
+            exp = experiment_name()
             Path(wandb_dir).mkdir(parents=True, exist_ok=True)
             os.environ.setdefault("WANDB_SILENT", "true")
-            self.run = wandb.init(project=project, name=name, group=group, job_type=job_type, config=config,
-                                  mode=mode, dir=str(wandb_dir), reinit="finish_previous")
+            self.run = wandb.init(project=project, name=f"{exp}/{name}", group=f"{exp}/{group}", job_type=job_type,
+                                  config={**config, "dvc_experiment": exp}, mode=mode, dir=str(wandb_dir),
+                                  reinit="finish_previous", id=run_id, resume="allow" if run_id else None)
 
     def log_epoch(self, row: dict[str, Any]) -> None:
         """Append one epoch's figures (CSV row and wandb step)."""
