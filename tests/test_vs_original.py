@@ -1,0 +1,54 @@
+"""benchmarks/vs_original.py: its report arithmetic, the skip without a checkout, and that the
+README's `original` configuration is the one it runs."""
+
+from __future__ import annotations
+
+import re
+import sys
+
+import pytest
+
+from tests.conftest import REPO
+
+sys.path.insert(0, str(REPO / "benchmarks"))
+import vs_original as vs  # noqa: E402
+
+
+def test_readme_original_configuration_is_the_benchmarks():
+    readme = (REPO / "README.md").read_text()
+    block = readme[readme.index("## Coming from the original"):]
+    block = block[:block.index("```", block.index("```bash") + 7)]
+    pairs = dict(re.findall(r"-S (\w+)=(\S+)", block))
+    expected = {k: str(v).lower() if isinstance(v, bool) else str(v) for k, v in vs.ORIGINAL.items()}
+    assert {k: v.replace("0.0", "0") for k, v in expected.items()} == pairs
+
+
+def _rec(program, seed, auc, secs):
+    return {"cohort": "c128-a", "program": program, "seed": seed, "auc": auc, "acc": 0.8, "balanced_acc": 0.8,
+            "epochs_run": 20, "epoch_seconds": secs, "seconds": 100.0, "peak_rss_mb": 500.0}
+
+
+def test_report_pairs_by_seed_and_gives_epoch_ratios():
+    recs = [_rec("original", 1, 0.90, 10.0), _rec("original", 2, 0.80, 10.0),
+            _rec("recomil", 1, 0.95, 5.0), _rec("recomil", 2, 0.81, 4.0)]
+    text = vs.report(recs)
+    row = next(line for line in text.splitlines() if line.startswith("| c128-a | recomil |"))
+    assert "+0.030 ± 0.020 (n=2)" in row  # diffs 0.05 and 0.01
+    assert "| 0.45 |" in row  # epoch ratios 0.5 and 0.4
+    assert "0.880 ± 0.099" in row  # mean ± sample sd of 0.95, 0.81
+
+
+def test_without_a_checkout_the_originals_units_are_skipped_with_a_message(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(vs, "CACHE", tmp_path / "cache")
+    monkeypatch.setattr(vs, "REPORT", tmp_path / "report.md")
+    monkeypatch.setattr(sys, "argv", ["vs_original.py", "--programs", "original", "--cohorts", "c128-a",
+                                      "--seeds", "1", "--work", str(tmp_path / "w")])
+    vs.main()
+    assert "no --original checkout given" in capsys.readouterr().err
+    assert (tmp_path / "report.md").is_file() and not (tmp_path / "w").exists()
+
+
+def test_a_folder_that_is_not_the_original_is_refused(tmp_path, monkeypatch):
+    monkeypatch.setattr(sys, "argv", ["vs_original.py", "--original", str(tmp_path)])
+    with pytest.raises(SystemExit, match="not a checkout of zsszc/ReCo-MIL"):
+        vs.main()
