@@ -169,6 +169,7 @@ class Params:
     save_policy: str = "joint"
     amp: str = "auto"
     nproc: int = 1
+    threads: int = 0
     wandb_mode: str = "offline"
     wandb_project: str = "recomil"
     # evaluation
@@ -282,7 +283,7 @@ def _validate(p: Params) -> None:
         if getattr(p, f"route_topk_{s}") > getattr(p, f"num_protos_{s}"):
             raise ConfigError(f"param 'route_topk_{s}' is {getattr(p, f'route_topk_{s}')}, more than the "
                               f"{getattr(p, f'num_protos_{s}')} prototypes (num_protos_{s}); 0 routes to all")
-    for key in ("patch_size_level0", "patch_size_level0_low", "heatmap_topk"):
+    for key in ("patch_size_level0", "patch_size_level0_low", "heatmap_topk", "threads"):
         if getattr(p, key) < 0:
             raise ConfigError(f"param {key!r} must be 0 or positive, got {getattr(p, key)}")
     for s in SCALES:

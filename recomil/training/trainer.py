@@ -42,6 +42,7 @@ from recomil.training import distributed as ddp
 from recomil.training.bags import BagSet
 from recomil.training.device import autocast_dtype, pick_device
 from recomil.training.schedule import lr_factor, temperature
+from recomil.training.threads import ThreadShare
 from recomil.training.tracking import Tracker
 
 VAL_POLICIES = ("val_auc", "val_acc", "joint")
@@ -156,6 +157,7 @@ def train_fold(p: Params, store: FeatureStore, split: dict[str, list[str]],
                           "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
                           "state": state}, resume_path)
 
+    share = ThreadShare(p.threads) if device.type == "cpu" else None
     fold_started = time.perf_counter()
     first_epoch = p.epochs + 1 if state["finished"] else state["epoch"] + 1
     for epoch in range(first_epoch, p.epochs + 1):
@@ -166,6 +168,8 @@ def train_fold(p: Params, store: FeatureStore, split: dict[str, list[str]],
                 for s in mp.scales}
         model.set_temperatures(taus)
         model.set_prototypes_frozen(epoch <= p.freeze_protos_epochs)
+        if share is not None:
+            share.apply()  # re-checked every epoch: queued trainings share the cores
         model.train()
         if world > 1:  # each rank its own dropout stream, reproducible per epoch (also after a resume)
             torch.manual_seed(int(np.random.default_rng([p.seed, fold, epoch, rank]).integers(2**62)))
@@ -239,6 +243,8 @@ def train_fold(p: Params, store: FeatureStore, split: dict[str, list[str]],
         checkpoint_state()  # the fact that a fold has finished is saved too: a resume never trains it on
         if state["stopped_early"]:
             break
+    if share is not None:
+        share.close()
     best = copy.deepcopy(model)
     best.load_state_dict(state["best_state"])
     summary = {"fold": fold, "best_epoch": state["best_epoch"], "best_score": state["best_score"],

@@ -1,0 +1,74 @@
+"""CPU threads shared fairly between the trainings running on one machine (``threads`` param).
+
+``dvc queue start -j 2`` on a 2-core machine starts two trainings that would each take every
+core; their OpenMP threads then spin against each other and both slow down many-fold. With
+``threads: 0`` (default) each CPU training registers itself in a folder of the machine's
+temporary directory and, at its start and before every epoch, takes ``cores // trainings``
+threads (at least 1), so queued experiments share the cores and a training left alone takes
+them all back. ``threads: N`` fixes the count; an ``OMP_NUM_THREADS`` set in the environment is
+respected as an upper bound. GPU training is not affected (its threads only feed the GPU).
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+
+REGISTRY = Path(tempfile.gettempdir()) / "recomil-trainings"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def running_trainings(registry: Path = REGISTRY) -> int:
+    """Live registered trainings on this machine (stale entries are removed)."""
+    n = 0
+    for entry in registry.glob("*.pid"):
+        try:
+            pid = int(entry.stem)
+        except ValueError:
+            continue
+        if _alive(pid):
+            n += 1
+        else:
+            entry.unlink(missing_ok=True)
+    return n
+
+
+class ThreadShare:
+    """Registers this process as a training and sets its torch thread count (see module doc)."""
+
+    def __init__(self, threads: int, registry: Path = REGISTRY) -> None:
+        self.threads, self.registry = threads, registry
+        self.entry: Path | None = None
+        if threads == 0:
+            registry.mkdir(parents=True, exist_ok=True)
+            self.entry = registry / f"{os.getpid()}.pid"
+            self.entry.touch()
+            atexit.register(self.close)
+
+    def apply(self) -> int:
+        """Set and return this training's thread count for the coming epoch."""
+        cores = os.cpu_count() or 1
+        cap = int(os.environ.get("OMP_NUM_THREADS", "0") or 0) or cores
+        n = self.threads if self.threads > 0 else max(1, cores // max(1, running_trainings(self.registry)))
+        n = max(1, min(n, cap))
+        if torch.get_num_threads() != n:
+            torch.set_num_threads(n)
+        return n
+
+    def close(self) -> None:
+        if self.entry is not None:
+            self.entry.unlink(missing_ok=True)
+            self.entry = None

@@ -1,0 +1,40 @@
+"""Trainings on one machine share its cores (#20: parallel sweeps that do not fight over cores)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+
+import torch
+
+from recomil.training.threads import ThreadShare, running_trainings
+
+
+def test_each_training_takes_its_share_and_takes_the_cores_back_when_alone(tmp_path, monkeypatch):
+    monkeypatch.setattr(os, "cpu_count", lambda: 4)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    before = torch.get_num_threads()
+    others = [subprocess.Popen(["sleep", "30"]) for _ in range(2)]
+    try:
+        share = ThreadShare(0, tmp_path)
+        assert share.apply() == 4 and torch.get_num_threads() == 4  # alone: every core
+        for proc in others[:1]:
+            (tmp_path / f"{proc.pid}.pid").touch()
+        assert share.apply() == 2  # two trainings: two cores each
+        (tmp_path / f"{others[1].pid}.pid").touch()
+        (tmp_path / "999999999.pid").touch()  # a training that died: not counted, cleaned up
+        assert share.apply() == 1 and running_trainings(tmp_path) == 3
+        assert not (tmp_path / "999999999.pid").exists()
+        for proc in others:
+            proc.kill()
+            proc.wait()
+        assert share.apply() == 4
+        monkeypatch.setenv("OMP_NUM_THREADS", "3")
+        assert share.apply() == 3  # an explicit OMP_NUM_THREADS is an upper bound
+        share.close()
+        assert running_trainings(tmp_path) == 0
+        assert ThreadShare(2, tmp_path).apply() == 2  # a fixed count
+    finally:
+        for proc in others:
+            proc.kill()
+        torch.set_num_threads(before)
