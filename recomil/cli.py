@@ -20,10 +20,13 @@ _EXPECTED = (ConfigError, DataError, ValueError, FileNotFoundError)
 
 
 def _stage_function(name: str) -> Callable[..., Any]:
+    if name in ("check_params", "scan"):  # light: no torch
+        from recomil.pipeline import checks
+
+        return {"check_params": checks.run_check_params, "scan": checks.run_scan}[name]
     from recomil.pipeline import data_stages, evaluate_stage, prototypes_stage, train_stage
 
-    table = {"check_params": data_stages.run_check_params, "demo": data_stages.run_demo,
-             "ingest": data_stages.run_ingest, "split": data_stages.run_split,
+    table = {"demo": data_stages.run_demo, "ingest": data_stages.run_ingest, "split": data_stages.run_split,
              "prototypes": prototypes_stage.run_prototypes, "train": train_stage.run_train,
              "evaluate": evaluate_stage.run_evaluate}
     return table[name]
@@ -52,7 +55,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="recomil", description="ReCo-MIL whole-slide-image classification")
     sub = parser.add_subparsers(dest="command", required=True)
     st = sub.add_parser("stage", help="run one pipeline stage (as dvc repro does)")
-    st.add_argument("name", choices=["check_params", "demo", "ingest", "split", "prototypes", "train", "evaluate"])
+    st.add_argument("name", choices=["check_params", "scan", "demo", "ingest", "split", "prototypes", "train",
+                                     "evaluate"])
     st.add_argument("args", nargs="*", help="stage arguments (the scale for prototypes)")
     st.add_argument("--params", default="params.yaml")
     pr = sub.add_parser("predict", help="score new, unlabelled slides with a trained model")

@@ -49,20 +49,20 @@ def repo(tmp_path):
 def test_repro_noop_and_experiments(repo):
     dest, env = repo
     out = _run(["dvc", "repro"], dest, env)
-    assert _ran(out) == {"check_params", "demo", "ingest", "split", "prototypes@high", "prototypes@low", "train",
-                         "evaluate"}
+    assert _ran(out) == {"check_params", "scan", "demo", "ingest", "split", "prototypes@high", "prototypes@low",
+                         "train", "evaluate"}
     metrics = json.loads((dest / "results/metrics.json").read_text())
     assert {"auc", "acc", "balanced_acc", "f1"} <= set(metrics)
     assert list((dest / "wandb").glob("offline-run-*"))
     _run(["git", "add", "-A"], dest, env)
     _run(["git", "commit", "-qm", "baseline"], dest, env)
 
-    assert _ran(_run(["dvc", "repro"], dest, env)) == set()
+    assert _ran(_run(["dvc", "repro"], dest, env)) == {"scan"}  # the input scan runs every time, alone
 
     out = _run(["dvc", "exp", "run", "-S", "outlier_alpha_high=0.3"], dest, env)
-    assert _ran(out) == {"check_params", "train", "evaluate"}  # check_params reads every key, cheaply
+    assert _ran(out) == {"check_params", "scan", "train", "evaluate"}  # both cheap; check_params reads every key
     out = _run(["dvc", "exp", "run", "-S", "num_protos_low=16"], dest, env)
-    assert _ran(out) == {"check_params", "prototypes@low", "train", "evaluate"}
+    assert _ran(out) == {"check_params", "scan", "prototypes@low", "train", "evaluate"}
     diff = _run(["dvc", "metrics", "diff", "--all", "--json"], dest, env)
     assert "results/metrics.json" in diff and "auc" in diff
     shown = _run(["dvc", "plots", "show", "--json"], dest, env)
@@ -75,7 +75,7 @@ def test_repro_noop_and_experiments(repo):
                          capture_output=True, text=True, timeout=900)
     assert res.returncode != 0
     assert "'outlier_alpha_hgh' (did you mean 'outlier_alpha_high'?)" in res.stdout + res.stderr
-    assert _ran(res.stdout + res.stderr) == {"check_params"}
+    assert _ran(res.stdout + res.stderr) <= {"check_params", "scan"} and "ingest" not in res.stdout
     _run(["git", "checkout", "params.yaml"], dest, env)
     params = yaml.safe_load((dest / "params.yaml").read_text())
     (dest / "params.yaml").write_text(yaml.safe_dump({**params, "patiense": 3}, sort_keys=False))
@@ -113,3 +113,30 @@ def test_sweep_with_the_experiment_queue(repo):
     for alpha in ("alpha-0.1", "alpha-0.4"):
         assert alpha in text
     assert text.count('"auc"') >= 2
+
+
+def test_changed_files_outside_the_project_rerun_ingest(repo, tmp_path):
+    """#17.7: slides added to an external feature folder, or labels edited in place, re-run ingest."""
+    import numpy as np
+
+    dest, env = repo
+    feats = tmp_path / "external" / "features"
+    feats.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    labels = []
+    for i in range(12):
+        np.save(feats / f"b{i}.npy", rng.normal(size=(20, 16)).astype(np.float32) + (i % 2))
+        labels.append(f"b{i},{i % 2}")
+    (tmp_path / "external" / "labels.csv").write_text("slide_id,label\n" + "\n".join(labels) + "\n")
+    params = yaml.safe_load((dest / "params.yaml").read_text())
+    params.update({"dataset": "folder", "root_dir_high": str(feats), "epochs": 2, "wandb_mode": "disabled",
+                   "labels_csv": str(tmp_path / "external/labels.csv")})
+    (dest / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    _run(["dvc", "repro"], dest, env)
+    assert "ingest" not in _ran(_run(["dvc", "repro"], dest, env))
+    np.save(feats / "b12.npy", rng.normal(size=(20, 16)).astype(np.float32))
+    with open(tmp_path / "external" / "labels.csv", "a") as fh:
+        fh.write("b12,1\n")
+    out = _run(["dvc", "repro"], dest, env)
+    assert {"scan", "ingest"} <= _ran(out)
+    assert json.loads((dest / "data/inputs.json").read_text())["files"] == 14

@@ -14,15 +14,6 @@ from recomil.pipeline import paths
 from recomil.split import make_splits
 
 
-def run_check_params(p: Params, out: Path = paths.PARAMS_OK) -> dict[str, Any]:
-    """Stage ``check_params``: ``params.yaml`` was read and validated before this runs (by the stage
-    runner); write a marker whose content never changes, so that the stages after it re-run only
-    when the params they read change, while a mistyped or invalid key fails ``dvc repro`` here."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text("params.yaml: every key known and valid\n")
-    return {"dataset": p.dataset}
-
-
 def run_demo(p: Params, out: Path = paths.DEMO) -> dict[str, int]:
     """Write the demo cohort."""
     return make_demo(p, out)

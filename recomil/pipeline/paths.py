@@ -6,6 +6,7 @@ from pathlib import Path
 
 DEMO = Path("data/demo")
 PARAMS_OK = Path("data/params.ok")
+INPUTS = Path("data/inputs.json")
 STORE = Path("data/store")
 SPLIT = Path("data/split.json")
 PROTOTYPES = Path("data/prototypes")
