@@ -203,3 +203,62 @@ def test_patch_size_travels_through_ingest_and_the_key_covers_files_without_attr
     run_ingest(dataclasses.replace(p, patch_size_level0=224.0), progress=False)
     store = FeatureStore("data/store")
     assert [store.patch_size(store.position(s), "high") for s in "abc"] == [512.0, 224.0, 224.0]
+
+
+def _cmu_features(folder: Path, d: int = 16) -> None:
+    """High and low features for the CMU slide's tissue tiles, TRIDENT-style (with patch_size_level0)."""
+    rng = np.random.default_rng(1)
+    folder.mkdir(parents=True, exist_ok=True)
+    for scale, size in (("high", 256), ("low", 512)):
+        coords = _grid(8 if scale == "high" else 4, 11 if scale == "high" else 5, x0=0, y0=0) * (size // PS)
+        with h5py.File(folder / f"CMU-1-Small-Region_{scale}_feature.h5", "w") as f:
+            f.create_dataset("features", data=rng.normal(size=(len(coords), d)).astype(np.float32))
+            c = f.create_dataset("coords", data=coords.astype(np.int64))
+            c.attrs["patch_size_level0"] = size
+
+
+def test_heatmap_and_predict_slides_dir_draw_new_slides(project, tiny_params, capsys):
+    from recomil.cli import main as recomil
+    from recomil.pipeline import train_stage
+    from tests.conftest import prepare_demo
+
+    prepare_demo(tiny_params)
+    train_stage.run_train(tiny_params, progress=False)
+    _cmu_features(project / "new")
+    assert recomil(["heatmap", "--model", "models", "--features", str(project / "new"), "--slide", str(CMU),
+                    "--out", "hm", "--topk", "4"]) == 0
+    names = sorted(p.name for p in (project / "hm").iterdir())
+    assert names == ["CMU-1-Small-Region_gallery.png", "CMU-1-Small-Region_high_overlay.png",
+                     "CMU-1-Small-Region_low_overlay.png", "CMU-1-Small-Region_overlay.png"]
+    slides = project / "wsi"
+    slides.mkdir()
+    (slides / "CMU-1-Small-Region.svs").symlink_to(CMU)
+    assert recomil(["predict", "--model", "models", "--features", str(project / "new"), "--out", "out/p.csv",
+                    "--slides-dir", str(slides)]) == 0
+    assert (project / "out" / "p_slides" / "CMU-1-Small-Region_overlay.png").is_file()
+    # a slide without an image is a warning naming it, not a failure
+    assert recomil(["predict", "--model", "models", "--features", str(project / "new"), "--out", "q.csv",
+                    "--slides-dir", str(project / "new")]) == 0
+    assert "slide 'CMU-1-Small-Region': no whole-slide image" in capsys.readouterr().err
+
+
+def test_evaluate_with_slides_dir_warns_per_slide_it_cannot_draw(project, tiny_params, capsys):
+    from recomil.data.store import FeatureStore
+    from recomil.pipeline import evaluate_stage, paths, train_stage
+    from tests.conftest import prepare_demo
+
+    p = dataclasses.replace(tiny_params, patch_size_level0=256.0, patch_size_level0_low=512.0)
+    prepare_demo(p)
+    train_stage.run_train(p, progress=False)
+    plain = evaluate_stage.run_evaluate(p)
+    slides = project / "wsi"
+    slides.mkdir()
+    test_ids = [s for s, sp in zip(FeatureStore(paths.STORE).slide_ids, FeatureStore(paths.STORE).manifest["split"])
+                if sp == "test"]
+    (slides / f"{test_ids[0]}.svs").symlink_to(CMU)  # the wrong slide: its patches lie outside the image
+    capsys.readouterr()
+    with_slides = evaluate_stage.run_evaluate(dataclasses.replace(p, slides_dir=str(slides)))
+    err = capsys.readouterr().err
+    assert with_slides == plain
+    assert err.count("no whole-slide image under") == len(test_ids) - 1
+    assert f"slide {test_ids[0]!r}: patch coordinates span" in err
