@@ -49,8 +49,9 @@ def repo(tmp_path):
 def test_repro_noop_and_experiments(repo):
     dest, env = repo
     out = _run(["dvc", "repro"], dest, env)
-    assert _ran(out) == {"check_params", "scan", "demo", "ingest", "split", "prototypes@high", "prototypes@low",
-                         "train", "evaluate"}
+    assert _ran(out) == {"check_params", "scan", "ingest", "split", "prototypes@high", "prototypes@low", "train",
+                         "evaluate"}
+    assert json.loads((dest / "results/metrics.json").read_text())["loc_auc"] is not None  # demo truth kept
     metrics = json.loads((dest / "results/metrics.json").read_text())
     assert {"auc", "acc", "balanced_acc", "f1"} <= set(metrics)
     assert list((dest / "wandb").glob("offline-run-*"))
@@ -140,3 +141,7 @@ def test_changed_files_outside_the_project_rerun_ingest(repo, tmp_path):
     out = _run(["dvc", "repro"], dest, env)
     assert {"scan", "ingest"} <= _ran(out)
     assert json.loads((dest / "data/inputs.json").read_text())["files"] == 14
+    # #17.13: a user cohort's pipeline has no demo stage, and nothing writes or reads demo files
+    dag = _run(["dvc", "dag"], dest, env)
+    assert "ingest" in dag and "demo" not in dag
+    assert not (dest / "data" / "demo").exists() and not (dest / "data" / "store" / "ground_truth").exists()

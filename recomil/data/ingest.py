@@ -32,7 +32,7 @@ def _check_bag(bag: Bag, where: str, on_nonfinite: str) -> tuple[Bag, int]:
     return bag, bad
 
 
-def ingest(p: Params, out_dir: str | Path, *, progress: bool = True) -> dict[str, object]:
+def ingest(p: Params, out_dir: str | Path, *, progress: bool = True, demo_dir: Path | None = None) -> dict[str, object]:
     """Build the feature store for the dataset that ``p`` describes.
 
     Returns:
@@ -41,7 +41,7 @@ def ingest(p: Params, out_dir: str | Path, *, progress: bool = True) -> dict[str
     Raises:
         DataError: on any bad input (the message names the slide or file); nothing is written.
     """
-    cohort: Cohort = load_cohort(p)
+    cohort: Cohort = load_cohort(p, demo_dir) if demo_dir is not None else load_cohort(p)
     class_index = {c: i for i, c in enumerate(cohort.classes)}
     writer = StoreWriter(out_dir, cohort.scales, p.store_dtype, cohort.classes)
     dropped = 0
@@ -77,7 +77,8 @@ def ingest(p: Params, out_dir: str | Path, *, progress: bool = True) -> dict[str
     except BaseException:
         writer.abort()
         raise
-    writer.commit()
+    truth = demo_dir / "ground_truth" if demo_dir is not None and p.dataset == "demo" else None
+    writer.commit(extra={"ground_truth": truth} if truth is not None and truth.is_dir() else None)
     if dropped:
         print(f"ingest: dropped {dropped} patch(es) with NaN or Inf features", file=sys.stderr)
     return {"slides": len(cohort.slides), "classes": cohort.classes, "scales": list(cohort.scales),

@@ -248,10 +248,10 @@ def check_classes(cohort: Cohort, dataset: str) -> None:
                             f"each class needs at least 2 (a misspelt label? classes: {sorted(by_class)})")
 
 
-def load_cohort(p: Params) -> Cohort:
+def load_cohort(p: Params, demo_dir: Path = DEMO_DIR) -> Cohort:
     """Resolve the ``dataset`` preset into a :class:`Cohort` (labels checked, files found)."""
     if p.dataset == "demo":
-        cohort = _c16(_demo_params(p), str(DEMO_DIR), str(DEMO_DIR))
+        cohort = _c16(_demo_params(p, demo_dir), str(demo_dir), str(demo_dir))
     elif p.dataset == "c16":
         cohort = _c16(p, p.root_dir_high, p.root_dir_low)
     elif p.dataset == "c17":
@@ -271,6 +271,6 @@ def load_cohort(p: Params) -> Cohort:
     return cohort
 
 
-def _demo_params(p: Params) -> Params:
-    return dataclasses.replace(p, train_list=str(DEMO_DIR / "train_list.txt"),
-                               test_csv=str(DEMO_DIR / "test_labels.csv"))
+def _demo_params(p: Params, demo_dir: Path) -> Params:
+    return dataclasses.replace(p, train_list=str(demo_dir / "train_list.txt"),
+                               test_csv=str(demo_dir / "test_labels.csv"))

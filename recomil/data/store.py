@@ -76,8 +76,11 @@ class StoreWriter:
         row["has_coords"] = has_coords
         self.rows.append(row)
 
-    def commit(self) -> None:
-        """Finish the files and move the store into place."""
+    def commit(self, extra: dict[str, Path] | None = None) -> None:
+        """Finish the files and move the store into place; ``extra`` folders (name -> source, e.g.
+        the demo's per-patch ground truth) are copied into it first."""
+        for name, src in (extra or {}).items():
+            shutil.copytree(src, self.tmp / name)
         for f in [*self._feat.values(), *self._coord.values()]:
             f.close()
         for s in self.scales:

@@ -1,8 +1,10 @@
-"""Stages ``demo``, ``ingest`` and ``split``."""
+"""Stages ``ingest`` (with the built-in demo cohort generated inside it) and ``split``; ``run_demo``
+writes the demo cohort's files (``recomil stage demo``)."""
 
 from __future__ import annotations
 
 import json
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -20,8 +22,19 @@ def run_demo(p: Params, out: Path = paths.DEMO) -> dict[str, int]:
 
 
 def run_ingest(p: Params, out: Path = paths.STORE, progress: bool = True) -> dict[str, Any]:
-    """Build the feature store from the configured dataset."""
-    return ingest(p, out, progress=progress)
+    """Build the feature store from the configured dataset.
+
+    The built-in demo cohort is generated here, in a temporary folder (deterministic given the
+    ``demo_*`` keys), and its per-patch ground truth kept in the store: so a user cohort's
+    pipeline has no demo stage and nothing in it writes or reads demo files. ``recomil stage demo``
+    writes the demo's files to ``data/demo`` for anyone who wants to look at the original's format.
+    """
+    if p.dataset != "demo":
+        return ingest(p, out, progress=progress)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=".demo-", dir=out.parent) as tmp:
+        make_demo(p, Path(tmp) / "demo")
+        return ingest(p, out, progress=progress, demo_dir=Path(tmp) / "demo")
 
 
 def run_split(p: Params, store_dir: Path = paths.STORE, out: Path = paths.SPLIT) -> dict[str, Any]:

@@ -79,7 +79,7 @@ def run_evaluate(p: Params) -> dict[str, Any]:
             for sid, e, y in zip(split["test"], extras, test.labels):
                 if y == classes.index("tumor"):
                     attentions.append(e["attention_high"])
-                    truths.append(load_ground_truth(paths.DEMO / "ground_truth", sid))
+                    truths.append(load_ground_truth(paths.STORE / "ground_truth", sid))
         per_fold.append(m)
         df = pd.DataFrame({"fold": k, "slide_id": split["test"], "label": [classes[i] for i in test.labels]})
         for c, name in enumerate(classes):
