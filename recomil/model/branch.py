@@ -30,6 +30,16 @@ from recomil.model.reducers import GraphReducer, MLPReducer
 from recomil.model.similarity import best_similarity, nearest_prototype, similarity
 
 
+def drop_surplus_ties(s: torch.Tensor, kth: torch.Tensor, k: int) -> torch.Tensor:
+    """Keep exactly ``k`` entries per row of ``s`` ``[N, K]`` when several equal the k-th largest
+    value ``kth`` ``[N, 1]`` (identical prototypes give exact ties): the lowest-index tied ones stay,
+    the rest become -inf, as the original's ``torch.topk`` mask keeps exactly k."""
+    tied = s == kth
+    allowed = k - (s > kth).sum(dim=1, keepdim=True)
+    surplus = tied & (tied.cumsum(dim=1) > allowed)
+    return s.masked_fill(surplus, float("-inf"))
+
+
 class EnhancerStage(nn.Module):
     """Context recalibration of the instances by the current prototypes (METHOD.md §1.2.1–4).
 
@@ -57,6 +67,7 @@ class EnhancerStage(nn.Module):
             if 0 < topk < s.shape[1]:
                 kth = s.topk(topk, dim=1).values[:, -1:]
                 s = s.masked_fill(s < kth, float("-inf"))
+                s = drop_surplus_ties(s, kth, topk)
             a = torch.softmax(s / temp, dim=1)
             if hard:
                 one_hot = F.one_hot(a.argmax(dim=1), a.shape[1]).to(a.dtype)

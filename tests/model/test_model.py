@@ -287,3 +287,29 @@ def test_routing_runs_in_float32_under_bf16_autocast():
         finally:
             torch.softmax = orig
     assert seen and all(dt == torch.float32 for dt in seen)
+
+
+def test_route_topk_keeps_exactly_k_prototypes_even_with_ties():
+    from recomil.model.branch import drop_surplus_ties
+
+    s = torch.tensor([[0.9, 0.5, 0.5, 0.5, 0.1], [0.2, 0.8, 0.8, 0.3, 0.8]])
+    k = 2
+    kth = s.topk(k, dim=1).values[:, -1:]
+    kept = drop_surplus_ties(s.masked_fill(s < kth, float("-inf")), kth, k)
+    assert (kept > float("-inf")).sum(1).tolist() == [2, 2]
+    assert torch.isfinite(kept[0]).tolist() == [True, True, False, False, False]
+    assert torch.isfinite(kept[1]).tolist() == [False, True, True, False, False]
+
+
+def test_identical_prototypes_do_not_widen_the_routing():
+    """Two identical prototypes tie exactly; with route_topk 1 a patch still routes to one."""
+    from recomil.model.branch import EnhancerStage
+
+    torch.manual_seed(0)
+    stage = EnhancerStage(8, 0.0).eval()
+    c = torch.randn(6, 8)
+    c[4] = c[2]
+    p = c[2:3] + 0.01 * torch.randn(1, 8)  # nearest to prototypes 2 and 4 alike
+    out = stage(p, c, None, method="l2", topk=1, temp=torch.tensor(1.0), hard=False)
+    ref = stage.norm(p + c[2:3])
+    torch.testing.assert_close(out, ref + stage.mlp(ref))
