@@ -95,3 +95,13 @@ def test_predict_with_a_dual_scale_model_refuses_to_guess_the_low_scale(project,
         np.save(feats / (f.name.split("_low_")[0] + "_low_feature.npy"), rb(f).features)
     assert recomil(["predict", "--model", "models", "--features", str(feats), "--out", "p.csv"]) == 0
     assert len(pd.read_csv(project / "p.csv")) == 2
+    # features beyond the float16 store the model was trained with: refused, never a NaN prediction
+    first = sorted(feats.glob("*_low_feature.npy"))[0]
+    x = np.load(first)
+    x[0, 0] = 1e6
+    np.save(first, x)
+    capsys.readouterr()
+    assert recomil(["predict", "--model", "models", "--features", str(feats), "--out", "n.csv"]) == 1
+    err = capsys.readouterr().err
+    assert "beyond the range of float16" in err and first.name.split("_low_")[0] in err
+    assert not (project / "n.csv").exists()
