@@ -48,7 +48,7 @@ def drop_degenerate_intervals(metrics: dict[str, Any]) -> None:
     ranked slides) is false precision: report it as undefined (null), with a warning."""
     for key in [k for k in metrics if k.endswith("_ci_low")]:
         hi_key = key.replace("_ci_low", "_ci_high")
-        if metrics[key] is not None and metrics[key] == metrics.get(hi_key):
+        if metrics[key] is not None and metrics.get(hi_key) is not None and abs(metrics[key] - metrics[hi_key]) < 1e-9:
             print(f"warning: evaluate: the bootstrap interval of {key[:-7]} is degenerate ({metrics[key]:.3f}); "
                   f"reported as undefined (null)", file=sys.stderr)
             metrics[key] = metrics[hi_key] = None
