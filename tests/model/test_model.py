@@ -301,15 +301,18 @@ def test_route_topk_keeps_exactly_k_prototypes_even_with_ties():
     assert torch.isfinite(kept[1]).tolist() == [False, True, True, False, False]
 
 
-def test_identical_prototypes_do_not_widen_the_routing():
-    """Two identical prototypes tie exactly; with route_topk 1 a patch still routes to one."""
+def test_tied_prototypes_do_not_widen_the_routing():
+    """Two different prototypes with exactly the same similarity to a patch: with route_topk 1 the
+    patch still routes to one of them (the lower index), not to their average."""
     from recomil.model.branch import EnhancerStage
 
     torch.manual_seed(0)
     stage = EnhancerStage(8, 0.0).eval()
-    c = torch.randn(6, 8)
-    c[4] = c[2]
-    p = c[2:3] + 0.01 * torch.randn(1, 8)  # nearest to prototypes 2 and 4 alike
-    out = stage(p, c, None, method="l2", topk=1, temp=torch.tensor(1.0), hard=False)
+    c = torch.randn(6, 8) * 0.1
+    p = torch.zeros(1, 8)
+    p[0, 0] = 1.0
+    c[2, :2] = torch.tensor([1.0, 1.0])
+    c[4, :2] = torch.tensor([1.0, -1.0])  # same dot product with p as prototype 2, another vector
+    out = stage(p, c, None, method="dot", topk=1, temp=torch.tensor(1.0), hard=False)
     ref = stage.norm(p + c[2:3])
     torch.testing.assert_close(out, ref + stage.mlp(ref))
