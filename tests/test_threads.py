@@ -34,6 +34,8 @@ def test_each_training_takes_its_share_and_takes_the_cores_back_when_alone(tmp_p
         share.close()
         assert running_trainings(tmp_path) == 0
         assert ThreadShare(2, tmp_path).apply() == 2  # a fixed count
+        monkeypatch.delenv("OMP_NUM_THREADS")
+        assert ThreadShare(0, tmp_path).apply(fixed=3) == 3  # a resumed run keeps its count
     finally:
         for proc in others:
             proc.kill()

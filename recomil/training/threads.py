@@ -2,11 +2,13 @@
 
 ``dvc queue start -j 2`` on a 2-core machine starts two trainings that would each take every
 core; their OpenMP threads then spin against each other and both slow down many-fold. With
-``threads: 0`` (default) each CPU training registers itself in a folder of the machine's
-temporary directory and, at its start and before every epoch, takes ``cores // trainings``
-threads (at least 1), so queued experiments share the cores and a training left alone takes
-them all back. ``threads: N`` fixes the count; an ``OMP_NUM_THREADS`` set in the environment is
-respected as an upper bound. GPU training is not affected (its threads only feed the GPU).
+``threads: 0`` (default) a CPU training counts the recomil trainings registered in a folder of
+the machine's temporary directory when it starts and takes ``cores // trainings`` threads (at
+least 1). The count is fixed for the whole run and restored on resume, because floating-point
+reductions, and so the trained weights, differ in their last bits between thread counts; it is
+printed and recorded in the run's summary. ``threads: N`` fixes the count; an
+``OMP_NUM_THREADS`` set in the environment is respected as an upper bound. GPU training is not
+affected.
 """
 
 from __future__ import annotations
@@ -58,12 +60,12 @@ class ThreadShare:
             self.entry.touch()
             atexit.register(self.close)
 
-    def apply(self) -> int:
-        """Set and return this training's thread count for the coming epoch."""
+    def apply(self, fixed: int | None = None) -> int:
+        """Set and return this training's thread count (``fixed``: a count to restore on resume)."""
         cores = os.cpu_count() or 1
         cap = int(os.environ.get("OMP_NUM_THREADS", "0") or 0) or cores
         n = self.threads if self.threads > 0 else max(1, cores // max(1, running_trainings(self.registry)))
-        n = max(1, min(n, cap))
+        n = max(1, min(fixed or n, cap))
         if torch.get_num_threads() != n:
             torch.set_num_threads(n)
         return n

@@ -157,7 +157,15 @@ def train_fold(p: Params, store: FeatureStore, split: dict[str, list[str]],
                           "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
                           "state": state}, resume_path)
 
-    share = ThreadShare(p.threads) if device.type == "cpu" else None
+    threads, share = None, None
+    if device.type == "cpu":  # fixed for the whole run (restored on resume): results depend on it bitwise
+        share = ThreadShare(p.threads)  # registered until this fold ends, so later trainings count it
+        threads = share.apply(state.get("threads"))
+        state["threads"] = threads
+        if main:
+            print(f"train: fold {fold}: {threads} torch thread(s) of {os.cpu_count()} cores"
+                  f"{' (shared with the other recomil trainings running)' if p.threads == 0 else ''}; a rerun "
+                  f"gives bitwise the same result with the same thread count", file=sys.stderr)
     fold_started = time.perf_counter()
     first_epoch = p.epochs + 1 if state["finished"] else state["epoch"] + 1
     for epoch in range(first_epoch, p.epochs + 1):
@@ -168,8 +176,6 @@ def train_fold(p: Params, store: FeatureStore, split: dict[str, list[str]],
                 for s in mp.scales}
         model.set_temperatures(taus)
         model.set_prototypes_frozen(epoch <= p.freeze_protos_epochs)
-        if share is not None:
-            share.apply()  # re-checked every epoch: queued trainings share the cores
         model.train()
         if world > 1:  # each rank its own dropout stream, reproducible per epoch (also after a resume)
             torch.manual_seed(int(np.random.default_rng([p.seed, fold, epoch, rank]).integers(2**62)))
@@ -248,7 +254,8 @@ def train_fold(p: Params, store: FeatureStore, split: dict[str, list[str]],
     best = copy.deepcopy(model)
     best.load_state_dict(state["best_state"])
     summary = {"fold": fold, "best_epoch": state["best_epoch"], "best_score": state["best_score"],
-               "epochs_run": state["epoch"], "stopped_early": state["stopped_early"], "save_policy": policy}
+               "epochs_run": state["epoch"], "stopped_early": state["stopped_early"], "save_policy": policy,
+               "threads": threads}
     if main:
         save_model(out_dir / "best.pt", best, mp, store.classes, {"summary": summary})
         print(f"fold {fold}: {state['epoch']} epochs{' (early stop)' if state['stopped_early'] else ''}, "
