@@ -65,19 +65,15 @@ ORIGINAL: dict[str, Any] = {
 
 #: Slide-like cohorts (demo generator settings). One at CTransPath width; the others narrower so
 #: that the whole grid fits a few hours of a 2-core machine.
+_C128 = {"demo_feat_dim": 128, "demo_train_slides": 100, "demo_test_slides": 50, "demo_min_patches": 300,
+         "demo_max_patches": 800, "demo_tumour_min": 0.004, "demo_tumour_max": 0.15}
 COHORTS: dict[str, dict[str, Any]] = {
     "c768": {"demo_seed": 101, "demo_feat_dim": 768, "demo_train_slides": 60, "demo_test_slides": 40,
              "demo_min_patches": 300, "demo_max_patches": 1500, "demo_tumour_min": 0.004,
              "demo_tumour_max": 0.15},
-    "c128-a": {"demo_seed": 102, "demo_feat_dim": 128, "demo_train_slides": 100, "demo_test_slides": 50,
-               "demo_min_patches": 300, "demo_max_patches": 800, "demo_tumour_min": 0.004,
-               "demo_tumour_max": 0.15},
-    "c128-b": {"demo_seed": 103, "demo_feat_dim": 128, "demo_train_slides": 100, "demo_test_slides": 50,
-               "demo_min_patches": 300, "demo_max_patches": 800, "demo_tumour_min": 0.004,
-               "demo_tumour_max": 0.15},
-    "c128-rare": {"demo_seed": 104, "demo_feat_dim": 128, "demo_train_slides": 100, "demo_test_slides": 50,
-                  "demo_min_patches": 300, "demo_max_patches": 800, "demo_tumour_min": 0.002,
-                  "demo_tumour_max": 0.02},
+    "c128-a": {**_C128, "demo_seed": 102},
+    "c128-b": {**_C128, "demo_seed": 103},
+    "c128-rare": {**_C128, "demo_seed": 104, "demo_tumour_min": 0.002, "demo_tumour_max": 0.02},
 }
 PROGRAMS = ("original", "recomil", "recomil-original")
 

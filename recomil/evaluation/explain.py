@@ -59,13 +59,14 @@ def write_explanations(out_dir: Path, model: MILClassifier, bags: BagSet, extras
         feats = bags.bag(j)
         coords = {s: np.asarray(store.coords(i, s)) for s in bags.scales}
         att = {s: extras[j][f"attention_{s}"] for s in bags.scales}
+        rare_masks = {s: rare_mask(model, s, feats[s]) for s in bags.scales}
         for scale in bags.scales:
             c = coords[scale]
             order = np.argsort(-att[scale], kind="stable")[:topk]
             top_rows += [{"fold": fold, "slide_id": sid, "scale": scale, "rank": r, "patch_index": int(k),
                           "attention": float(att[scale][k]), "x": float(c[k, 0]), "y": float(c[k, 1])}
                          for r, k in enumerate(order, 1)]
-            rare = np.flatnonzero(rare_mask(model, scale, feats[scale]))
+            rare = np.flatnonzero(rare_masks[scale])
             rare_rows += [{"fold": fold, "slide_id": sid, "scale": scale, "patch_index": int(k),
                            "attention": float(att[scale][k]), "x": float(c[k, 0]), "y": float(c[k, 1])}
                           for k in rare]
@@ -77,8 +78,7 @@ def write_explanations(out_dir: Path, model: MILClassifier, bags: BagSet, extras
         if not any(np.isnan(coords[s]).any() for s in bags.scales):
             pngs += write_slide_heatmaps(out_dir / "heatmaps", sid, coords, att)
         if slides is not None:
-            views = {s: ScaleView(coords[s], att[s], store.patch_size(i, s),
-                                  rare_mask(model, s, feats[s])) for s in bags.scales}
+            views = {s: ScaleView(coords[s], att[s], store.patch_size(i, s), rare_masks[s]) for s in bags.scales}
             title = slide_title(sid, None if classes is None else classes[int(bags.labels[j])],
                                 None if probs is None else probs[j], classes)
             pngs += draw_on_slide(out_dir / "slides", slides, sid, views, title, gallery_k)
