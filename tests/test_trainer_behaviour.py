@@ -113,7 +113,7 @@ def test_the_loss_optimised_is_smoothed_cross_entropy_plus_the_orthogonal_terms(
     recomputed from the checkpoint: CE with label smoothing, and lambda * L_orth per scale."""
     p, _, rows, best, _ = _train(demo_project, f"loss{smoothing}", epochs=1, warmup_epochs=1, lr=1e-12, drop=0.0,
                                  outlier_top_p_high=0.0, outlier_top_p_low=0.0, label_smoothing=smoothing,
-                                 lambda_ortho_high=lam, lambda_ortho_low=2 * lam, save_policy="last")
+                                 lambda_ortho_high=lam, lambda_ortho_low=2 * lam, save_policy="last", amp="off")
     model, mp, _ = load_model(best)
     store = FeatureStore(demo_project / paths.STORE)
     train = BagSet(store, load_split(demo_project / paths.SPLIT)[0]["train"], mp.scales)

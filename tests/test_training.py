@@ -4,6 +4,7 @@ import dataclasses
 
 import numpy as np
 import pytest
+import torch
 
 from recomil.metrics import bootstrap_auc, classification_metrics
 from recomil.pipeline import paths, train_stage
@@ -156,3 +157,18 @@ def test_test_and_validation_slides_never_reach_kmeans_standardisation_or_select
 
     _overwrite(store, split["train"][:1], "high", 40.0)
     assert not np.allclose(before["high"]["mean"], protos()["high"]["mean"])
+
+
+def test_amp_auto_is_bf16_on_a_cpu_with_native_bf16_and_float32_without(monkeypatch):
+    from recomil.training import device as dev
+
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(dev, "cpu_has_native_bf16", lambda: True)
+    assert dev.autocast_dtype("auto", cpu) is torch.bfloat16
+    assert dev.autocast_dtype("off", cpu) is None
+    monkeypatch.setattr(dev, "cpu_has_native_bf16", lambda: False)
+    assert dev.autocast_dtype("auto", cpu) is None
+    assert dev.autocast_dtype("bf16", cpu) is torch.bfloat16
+    with pytest.raises(ValueError, match="fp16 needs a CUDA"):
+        dev.autocast_dtype("fp16", cpu)
+    assert dev.precision_name(torch.bfloat16) == "bf16" and dev.precision_name(None) == "fp32"

@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from recomil.model.attention import GatedAttention
+from recomil.model.dropout import Dropout
 
 
 class ABMILBranch(nn.Module):
@@ -17,7 +18,7 @@ class ABMILBranch(nn.Module):
 
     def __init__(self, feat_dim: int, embed_dim: int, num_classes: int, drop: float) -> None:
         super().__init__()
-        self.embed = nn.Sequential(nn.Linear(feat_dim, embed_dim), nn.ReLU(), nn.Dropout(drop))
+        self.embed = nn.Sequential(nn.Linear(feat_dim, embed_dim), nn.ReLU(), Dropout(drop))
         self.pool = GatedAttention(embed_dim, embed_dim // 2 or 1, drop)
         self.head = nn.Linear(embed_dim, num_classes)
 

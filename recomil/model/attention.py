@@ -5,14 +5,16 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from recomil.model.dropout import Dropout
+
 
 class GatedAttention(nn.Module):
     """``a_j = w^T (tanh(V z_j) * sigmoid(U z_j))``, ``alpha = softmax(a)``, ``r = sum_j alpha_j z_j``."""
 
     def __init__(self, dim: int, hidden: int, drop: float) -> None:
         super().__init__()
-        self.v = nn.Sequential(nn.Linear(dim, hidden), nn.Tanh(), nn.Dropout(drop))
-        self.u = nn.Sequential(nn.Linear(dim, hidden), nn.Sigmoid(), nn.Dropout(drop))
+        self.v = nn.Sequential(nn.Linear(dim, hidden), nn.Tanh(), Dropout(drop))
+        self.u = nn.Sequential(nn.Linear(dim, hidden), nn.Sigmoid(), Dropout(drop))
         self.w = nn.Linear(hidden, 1)
 
     def forward(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

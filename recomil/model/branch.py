@@ -24,6 +24,7 @@ from torch.utils.checkpoint import checkpoint
 
 from recomil.config import ScaleParams
 from recomil.model.attention import GatedAttention
+from recomil.model.dropout import Dropout
 from recomil.model.orthogonal import orthogonal_loss
 from recomil.model.rarity import rare_prototype_weights, rarity_gate
 from recomil.model.reducers import GraphReducer, MLPReducer
@@ -52,8 +53,8 @@ class EnhancerStage(nn.Module):
         self.recalibrate = recalibrate
         self.norm = nn.LayerNorm(embed_dim)
         self.mlp = nn.Sequential(
-            nn.Linear(embed_dim, embed_dim), nn.ReLU(), nn.Dropout(drop),
-            nn.Linear(embed_dim, embed_dim), nn.Dropout(drop),
+            nn.Linear(embed_dim, embed_dim), nn.ReLU(), Dropout(drop),
+            nn.Linear(embed_dim, embed_dim), Dropout(drop),
         )
 
     def forward(self, p: torch.Tensor, c: torch.Tensor, w: torch.Tensor | None, *, method: str, topk: int,
@@ -120,10 +121,10 @@ class ReCoBranch(nn.Module):
             GraphReducer(ki, e, sp.graph_thresh, drop) if sp.use_graph_reducer else MLPReducer(ki, drop)
             for ki in sizes
         )
-        self.tokens = nn.Sequential(nn.Linear(e, e), nn.ReLU(), nn.Dropout(drop))
+        self.tokens = nn.Sequential(nn.Linear(e, e), nn.ReLU(), Dropout(drop))
         self.tokens_norm = nn.LayerNorm(e)
         self.pool = GatedAttention(e, e, drop)
-        self.head = nn.Sequential(nn.Linear(e, e), nn.ReLU(), nn.Dropout(drop), nn.Linear(e, num_classes))
+        self.head = nn.Sequential(nn.Linear(e, e), nn.ReLU(), Dropout(drop), nn.Linear(e, num_classes))
         self.register_buffer("sim_scale", torch.tensor(1.0))
         self.register_buffer("tau", torch.tensor(float(sp.tau_start)))
         w = rare_prototype_weights(counts, sp.rare_beta)
@@ -152,7 +153,7 @@ class ReCoBranch(nn.Module):
         Returns:
             ``logits`` ``[1, C]``, ``attention`` ``[N]`` (patch share of the pooled attention),
             ``proto_attention`` ``[K_L]``, ``gate`` ``[N]`` bool (instances the rarity gate
-            boosted), ``assignment`` ``[N]`` (nearest prototype at the first stage).
+            boosted), ``assignment`` ``[N]`` (nearest prototype at the first stage; eval mode only).
         """
         sp = self.sp
         gate_mask = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
@@ -169,8 +170,10 @@ class ReCoBranch(nn.Module):
                             sp.outlier_top_p, sp.outlier_alpha)
             gate_mask = g > 1
             p = p * g[:, None].to(p.dtype)
-        with torch.no_grad(), torch.autocast(device_type=x.device.type, enabled=False):
-            assignment = nearest_prototype(p.detach(), c.detach(), sp.similarity_method)
+        assignment = None
+        if not self.training:  # an explanation only: training does not pay for it
+            with torch.no_grad(), torch.autocast(device_type=x.device.type, enabled=False):
+                assignment = nearest_prototype(p.detach(), c.detach(), sp.similarity_method)
         w = self.rare_weights if bool(self.rare_on) else None
         temp = (self.tau * self.sim_scale).clamp_min(1e-6)
         use_ckpt = self.training and torch.is_grad_enabled() and x.shape[0] >= self.checkpoint_min_patches
@@ -188,8 +191,10 @@ class ReCoBranch(nn.Module):
         r, alpha = self.pool(z)
         logits = self.head(r)[None, :]
         n = x.shape[0]
-        return {"logits": logits, "attention": alpha[:n], "proto_attention": alpha[n:],
-                "gate": gate_mask, "assignment": assignment}
+        out = {"logits": logits, "attention": alpha[:n], "proto_attention": alpha[n:], "gate": gate_mask}
+        if assignment is not None:
+            out["assignment"] = assignment
+        return out
 
     def ortho_loss(self) -> torch.Tensor:
         """``L_orth`` of the raw prototypes, or of the projected ones with ``ortho_on_projected``."""

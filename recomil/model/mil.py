@@ -36,7 +36,7 @@ class MILClassifier(nn.Module):
     ``model(x_high, x_low=None)`` with ``[N_high, D_high]`` and ``[N_low, D_low]`` float tensors
     of one bag returns a dict with ``logits`` ``[1, C]`` and, per scale ``s``, ``attention_s``
     ``[N_s]``, ``gate_s`` ``[N_s]`` bool, ``logits_s`` ``[1, C]`` (and ``assignment_s`` for
-    ReCo-MIL), plus ``fusion_weight`` in dual mode. Single-scale mode is the high branch alone.
+    ReCo-MIL in eval mode), plus ``fusion_weight`` in dual mode. Single-scale mode is the high branch alone.
     """
 
     def __init__(self, branches: dict[str, nn.Module], fusion: DualFusion | None,

@@ -12,6 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from recomil.model.dropout import Dropout
+
 
 class MLPReducer(nn.Module):
     """An MLP along the prototype axis: ``Linear(K, K), ReLU, Dropout, Linear(K, K//2), Dropout``."""
@@ -20,7 +22,7 @@ class MLPReducer(nn.Module):
         super().__init__()
         self.k_in, self.k_out = k_in, k_in // 2
         self.net = nn.Sequential(
-            nn.Linear(k_in, k_in), nn.ReLU(), nn.Dropout(drop), nn.Linear(k_in, self.k_out), nn.Dropout(drop)
+            nn.Linear(k_in, k_in), nn.ReLU(), Dropout(drop), nn.Linear(k_in, self.k_out), Dropout(drop)
         )
 
     def forward(self, c: torch.Tensor) -> torch.Tensor:
@@ -61,7 +63,7 @@ class GraphReducer(nn.Module):
     def __init__(self, k_in: int, embed_dim: int, thresh: float, drop: float) -> None:
         super().__init__()
         self.k_in, self.k_out, self.thresh = k_in, k_in // 2, thresh
-        self.message = nn.Sequential(nn.Linear(embed_dim, embed_dim), nn.ReLU(), nn.Dropout(drop))
+        self.message = nn.Sequential(nn.Linear(embed_dim, embed_dim), nn.ReLU(), Dropout(drop))
         self.pool = nn.Parameter(torch.empty(self.k_out, k_in))
         nn.init.kaiming_uniform_(self.pool, a=math.sqrt(5))
 

@@ -40,7 +40,7 @@ from recomil.model import build_model
 from recomil.model.mil import MILClassifier
 from recomil.training import distributed as ddp
 from recomil.training.bags import BagSet
-from recomil.training.device import autocast_dtype, pick_device
+from recomil.training.device import autocast_dtype, pick_device, precision_name
 from recomil.training.schedule import lr_factor, temperature
 from recomil.training.threads import ThreadShare
 from recomil.training.tracking import Tracker
@@ -123,7 +123,8 @@ def train_fold(p: Params, store: FeatureStore, split: dict[str, list[str]],
                         counts={s: torch.from_numpy(v["counts"]) for s, v in prototypes.items()} if recomil else None,
                         input_stats={s: (torch.from_numpy(v["mean"]), torch.from_numpy(v["std"]))
                                      for s, v in prototypes.items() if "mean" in v}).to(device)
-    opt = torch.optim.Adam(model.parameters(), lr=p.lr, weight_decay=p.weight_decay)
+    # fused: one kernel for all parameters (CPU and CUDA), the same Adam update as the loop of the original
+    opt = torch.optim.Adam(model.parameters(), lr=p.lr, weight_decay=p.weight_decay, fused=True)
     scaler = torch.amp.GradScaler("cuda", enabled=amp == torch.float16)
     train, val = BagSet(store, split["train"], mp.scales), BagSet(store, split["val"], mp.scales)
     weight = class_weights(train.labels, mp.num_classes).to(device) if p.class_weight else None
@@ -166,6 +167,9 @@ def train_fold(p: Params, store: FeatureStore, split: dict[str, list[str]],
             print(f"train: fold {fold}: {threads} torch thread(s) of {os.cpu_count()} cores"
                   f"{' (shared with the other recomil trainings running)' if p.threads == 0 else ''}; a rerun "
                   f"gives bitwise the same result with the same thread count", file=sys.stderr)
+    if main:
+        print(f"train: fold {fold} on {device.type}, autocast {precision_name(amp)} (amp: {p.amp}"
+              f"{'; amp: off trains in float32' if amp is not None else ''})", file=sys.stderr)
     fold_started = time.perf_counter()
     first_epoch = p.epochs + 1 if state["finished"] else state["epoch"] + 1
     for epoch in range(first_epoch, p.epochs + 1):
@@ -180,15 +184,16 @@ def train_fold(p: Params, store: FeatureStore, split: dict[str, list[str]],
         if world > 1:  # each rank its own dropout stream, reproducible per epoch (also after a resume)
             torch.manual_seed(int(np.random.default_rng([p.seed, fold, epoch, rank]).integers(2**62)))
         order = ddp.shard(np.random.default_rng([p.seed, fold, epoch]).permutation(len(train)), rank, world)
-        sums = {"ce": 0.0, "loss": 0.0, **{f"ortho_{s}": 0.0 for s in mp.scales}}
+        # running sums stay on the device: no host synchronisation per step (read once per epoch)
+        sums = {k: torch.zeros((), device=device) for k in ("ce", "loss", *(f"ortho_{s}" for s in mp.scales))}
         fusion = []
         started = time.perf_counter()
         bar = tqdm(order, desc=f"fold {fold} epoch {epoch}/{p.epochs}", unit="bag",
                    disable=None if progress and main else True,
                    file=sys.stderr, leave=False)
-        for step, j in enumerate(bar, 1):
-            bag = train.bag(int(j), device)
-            y = torch.tensor([int(train.labels[j])], device=device)
+        labels = torch.as_tensor(train.labels, device=device)
+        for j, bag in zip(bar, train.prefetch(order, device)):
+            y = labels[int(j)][None]
             with torch.autocast(device_type=device.type, dtype=amp or torch.float32, enabled=amp is not None):
                 out = model(bag["high"], bag.get("low"))
             ce = F.cross_entropy(out["logits"].float(), y, weight=weight, label_smoothing=p.label_smoothing)
@@ -204,18 +209,17 @@ def train_fold(p: Params, store: FeatureStore, split: dict[str, list[str]],
             scaler.update()
             if check_sync:
                 ddp.check_in_sync(model)
-            sums["ce"] += ce.item()
-            sums["loss"] += loss.item()
+            sums["ce"] += ce.detach()
+            sums["loss"] += loss.detach()
             for s in mp.scales:
-                sums[f"ortho_{s}"] += orth[s].item()
+                sums[f"ortho_{s}"] += orth[s].detach()
             if "fusion_weight" in out:
-                fusion.append(out["fusion_weight"].item())
-            bar.set_postfix(loss=f"{sums['loss'] / step:.4f}")
-        totals = ddp.sum_across({**sums, "_steps": float(len(order))})
+                fusion.append(out["fusion_weight"].detach().float())
+        totals = ddp.sum_across({**{k: float(v) for k, v in sums.items()}, "_steps": float(len(order))})
         steps = max(1.0, totals.pop("_steps"))
         row: dict[str, Any] = {"epoch": epoch, "lr": lr, **{k: v / steps for k, v in totals.items()},
                                **{f"tau_{s}": t for s, t in taus.items()},
-                               "fusion_weight": float(np.mean(fusion)) if fusion else None,
+                               "fusion_weight": float(torch.stack(fusion).mean()) if fusion else None,
                                "train_seconds": round(time.perf_counter() - started, 3)}
         val_auc = val_acc = None
         if len(val):
@@ -255,7 +259,7 @@ def train_fold(p: Params, store: FeatureStore, split: dict[str, list[str]],
     best.load_state_dict(state["best_state"])
     summary = {"fold": fold, "best_epoch": state["best_epoch"], "best_score": state["best_score"],
                "epochs_run": state["epoch"], "stopped_early": state["stopped_early"], "save_policy": policy,
-               "threads": threads}
+               "threads": threads, "precision": precision_name(amp)}
     if main:
         save_model(out_dir / "best.pt", best, mp, store.classes, {"summary": summary})
         print(f"fold {fold}: {state['epoch']} epochs{' (early stop)' if state['stopped_early'] else ''}, "
