@@ -53,6 +53,7 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 CACHE = HERE / "results" / "vs_original"
 REPORT = HERE / "vs_original.md"
+META = HERE / "results" / "vs_original_meta.json"
 
 #: recomil's params that reproduce the original's default behaviour (README "Coming from the original").
 ORIGINAL: dict[str, Any] = {
@@ -259,10 +260,11 @@ def report(records: list[dict[str, Any]]) -> str:
              "with its own defaults on the same cohort files, train/test split and training seeds; "
              "mean ± sd (sample) over seeds; Δ = paired difference to the original (same cohort and "
              "seed) ± its standard error. Seconds per epoch: training pass plus validation, each "
-             "program's own measure; one torch thread per process, one process at a time.", ""]
-    meta = HERE / "results" / "vs_original_meta.json"
-    if meta.is_file():
-        m = json.loads(meta.read_text())
+             "program's own measure, with the torch threads per process given below; on this 2-core "
+             "machine at most two 1-thread units ran at once (one per core), so both programs' epochs "
+             "were timed under the same load.", ""]
+    if META.is_file():
+        m = json.loads(META.read_text())
         lines += [f"Last run: `{m['command']}` on {m['date']} ({m['machine']}).", ""]
     lines += ["| cohort | program | seeds | AUC | acc | balanced acc | Δ AUC vs original | epochs | s/epoch "
               "| epoch ratio vs original | peak MB |", "|" + " --- |" * 11]
@@ -318,9 +320,14 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--work", type=Path, default=Path(os.environ.get("TMPDIR", "/tmp")) / "recomil-vs-original")
     ap.add_argument("--report-only", action="store_true")
+    ap.add_argument("--results", type=Path, help="keep the unit records and the report in this folder instead of "
+                    "benchmarks/ (e.g. a GPU machine's run, which must not mix with this machine's)")
     ap.add_argument("--recomil-child", type=Path, help=argparse.SUPPRESS)
     ap.add_argument("--original-predict", nargs=4, help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.results:
+        global CACHE, REPORT, META
+        CACHE, REPORT, META = args.results / "units", args.results / "vs_original.md", args.results / "meta.json"
     if args.recomil_child:
         return recomil_child(args.recomil_child)
     if args.original_predict:
@@ -332,10 +339,14 @@ def main() -> None:
         elif not (original / "train_recomil_v3.py").is_file():
             sys.exit(f"error: {original}: not a checkout of zsszc/ReCo-MIL (no train_recomil_v3.py)")
         else:
-            (HERE / "results").mkdir(exist_ok=True)
-            (HERE / "results" / "vs_original_meta.json").write_text(json.dumps({
+            META.parent.mkdir(parents=True, exist_ok=True)
+            import torch
+
+            gpu = f", {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""
+            META.write_text(json.dumps({
                 "command": shlex.join(["python", "benchmarks/vs_original.py", *sys.argv[1:]]),
-                "date": time.strftime("%Y-%m-%d"), "machine": f"{os.cpu_count()} cores, {args.threads} thread(s)"}))
+                "date": time.strftime("%Y-%m-%d"),
+                "machine": f"{os.cpu_count()} cores, {args.threads} thread(s) per process{gpu}"}))
         # seed-major order: every cohort and program gets its first seeds before any gets its fifth
         for seed in args.seeds:
             for cohort in args.cohorts:
