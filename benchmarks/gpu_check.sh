@@ -11,6 +11,7 @@
 # ORIGINAL: a checkout of zsszc/ReCo-MIL kept outside the project (its units are skipped without it).
 # WHEELS:   a folder of wheels (dvc and its needs) installed with --no-index, for a machine without
 #           internet access; otherwise `pip install -e .` fetches what is missing.
+# STEPS:    which of "demo model-step vs-original" to run (default: all three).
 # OUT_FILE: the report (default benchmarks/gpu_check.md). Each step has its own time limit, and a
 #           step that fails is reported as failed; the script goes on with the next one.
 set -uo pipefail
@@ -21,10 +22,14 @@ WORK=${WORK:-$(mktemp -d /tmp/recomil-gpu-check.XXXXXX)}
 LOGS=${LOGS:-$WORK/logs}
 mkdir -p "$LOGS" "$WORK/bin"
 # the stages run `python`: make it the interpreter that has torch (python3), wherever `python` points
-ln -sf "$(command -v python3)" "$WORK/bin/python"
+# (a wrapper, not a symbolic link: a link to a virtual environment's python loses that environment)
+printf '#!/bin/sh\nexec %s "$@"\n' "$(command -v python3)" >"$WORK/bin/python"
+chmod +x "$WORK/bin/python"
 export PATH=$WORK/bin:$PATH
 export WANDB_SILENT=true DVC_NO_ANALYTICS=1 PYTHONUNBUFFERED=1
 started=$(date +%s)
+STEPS=${STEPS:-demo model-step vs-original}
+wants() { [[ " $STEPS " == *" $1 "* ]]; }
 
 say() { echo "$*" | tee -a "$OUT_FILE"; }
 step() {  # step NAME SECONDS COMMAND...: run with a time limit, log to $LOGS/NAME.log, report the outcome
@@ -56,7 +61,8 @@ if [ -n "${WHEELS:-}" ]; then
 else
   step install-project 600 "python3 -m pip install -q -e $ROOT"
 fi
-python3 -c "import recomil" 2>/dev/null || export PYTHONPATH=$ROOT${PYTHONPATH:+:$PYTHONPATH}
+# the stages must find recomil from any folder (the demo runs in a copy of the project)
+(cd / && python3 -c "import recomil" 2>/dev/null) || export PYTHONPATH=$ROOT${PYTHONPATH:+:$PYTHONPATH}
 python3 - <<'EOF' | tee -a "$OUT_FILE"
 import torch
 assert torch.cuda.is_available(), "no CUDA device visible to torch"
@@ -66,6 +72,7 @@ EOF
 say ""
 
 # 2. the demo pipeline on CUDA ---------------------------------------------------------------------
+if wants demo; then
 DEMO=$WORK/demo
 mkdir -p "$DEMO"
 tar -C "$ROOT" --exclude=./.git --exclude=./.venv --exclude=./.whl --exclude=./.orig --exclude=./data/store \
@@ -90,16 +97,25 @@ print(f"- training: {len(secs)} epochs, {sum(secs) / max(1, len(secs)):.2f} s pe
 prec = re.findall(r"autocast (\w+)", log)
 print(f"- precision: {prec[0] if prec else '?'}; summary: {json.dumps(s)[:300]}")
 EOF
-  step demo-fp16 180 "cd $DEMO && dvc exp run -q -S amp=fp16 -S epochs=4 -S warmup_epochs=2 -S freeze_protos_epochs=2 && dvc exp show --no-pager --only-changed --md"
-  say ""
-  say "Short fp16 training (gradient scaler), \`dvc exp run -S amp=fp16 -S epochs=4\`:"
-  say ""
-  grep -E "^\|" "$LOGS/demo-fp16.log" | tee -a "$OUT_FILE" >/dev/null
-  say ""
+  if step demo-fp16 180 "cd $DEMO && dvc exp run -S amp=fp16 -S epochs=4 -S warmup_epochs=2 -S freeze_protos_epochs=2"; then
+    say "Short fp16 training with the gradient scaler (\`dvc exp run -S amp=fp16 -S epochs=4 -S warmup_epochs=2 -S freeze_protos_epochs=2\`):"
+    python3 - "$DEMO" "$LOGS/demo-fp16.log" <<'EOF' | tee -a "$OUT_FILE"
+import json, re, sys
+from pathlib import Path
+demo, log = Path(sys.argv[1]), Path(sys.argv[2]).read_text()
+m = json.loads((demo / "results/metrics.json").read_text())
+secs = [float(x) for x in re.findall(r"\| ([0-9.]+) s, at most", log)]
+losses = re.findall(r"loss ([0-9.na]+)", log)
+print(f"- {len(secs)} epochs, {sum(secs) / max(1, len(secs)):.2f} s per epoch, losses {', '.join(losses)} (finite: "
+      f"{all(x not in ('nan', 'inf') for x in losses)}); test AUC {m.get('auc', float('nan')):.3f} after 4 epochs")
+EOF
+    say ""
+  fi
+fi
 fi
 
 # 3. the model step on CUDA ------------------------------------------------------------------------
-step model-step 200 "cd $ROOT && python3 benchmarks/model_step.py --device cuda --sizes 1000 4000 16000 64000 --out $WORK/model_step_cuda.md"
+wants model-step && step model-step 200 "cd $ROOT && python3 benchmarks/model_step.py --device cuda --sizes 1000 4000 16000 64000 --out $WORK/model_step_cuda.md"
 if [ -f "$WORK/model_step_cuda.md" ]; then
   sed 's/^# /## /' "$WORK/model_step_cuda.md" >>"$OUT_FILE"
   say ""
@@ -107,7 +123,9 @@ fi
 
 # 4. side by side with the original on the CTransPath-width cohort -------------------------------
 left=$(( 450 - ($(date +%s) - started) ))
-if [ "$left" -gt 60 ]; then
+if ! wants vs-original; then
+  :
+elif [ "$left" -gt 60 ]; then
   args="--cohorts c768 --seeds 1 --threads 4 --work $WORK/vs --results $WORK/vs-results"
   if [ -n "${ORIGINAL:-}" ]; then args="$args --original $ORIGINAL --programs original recomil"; else args="$args --programs recomil"; fi
   step vs-original "$left" "cd $ROOT && python3 benchmarks/vs_original.py $args"

@@ -132,6 +132,13 @@ class ReCoBranch(nn.Module):
             raise ValueError(f"scale {sp.name}: {w.shape[0]} cluster counts for {k} prototypes")
         self.register_buffer("rare_weights", w if w is not None else torch.ones(k))
         self.register_buffer("rare_on", torch.tensor(w is not None))
+        # read on the host once (here and after loading a state dict), never per step: on CUDA a
+        # bool() of a device tensor in forward would stall the GPU every step
+        self._rare_on = w is not None
+        self.register_load_state_dict_post_hook(lambda module, _keys: module._sync_rare_on())
+
+    def _sync_rare_on(self) -> None:
+        self._rare_on = bool(self.rare_on)
 
     def set_temperature(self, tau: float) -> None:
         """Set the routing temperature τ of the current epoch."""
@@ -174,7 +181,7 @@ class ReCoBranch(nn.Module):
         if not self.training:  # an explanation only: training does not pay for it
             with torch.no_grad(), torch.autocast(device_type=x.device.type, enabled=False):
                 assignment = nearest_prototype(p.detach(), c.detach(), sp.similarity_method)
-        w = self.rare_weights if bool(self.rare_on) else None
+        w = self.rare_weights if self._rare_on else None
         temp = (self.tau * self.sim_scale).clamp_min(1e-6)
         use_ckpt = self.training and torch.is_grad_enabled() and x.shape[0] >= self.checkpoint_min_patches
         for stage, reducer in zip(self.stages, self.reducers):

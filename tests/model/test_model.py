@@ -316,3 +316,20 @@ def test_tied_prototypes_do_not_widen_the_routing():
     out = stage(p, c, None, method="dot", topk=1, temp=torch.tensor(1.0), hard=False)
     ref = stage.norm(p + c[2:3])
     torch.testing.assert_close(out, ref + stage.mlp(ref))
+
+
+def test_rare_weights_switch_follows_a_loaded_state_dict():
+    """The host-side copy of ``rare_on`` (no device sync per step) follows load_state_dict, so a
+    checkpoint trained with rare weights predicts with them in a model built without counts."""
+    import recomil
+
+    cfg = {"feat_dim_high": 8, "num_protos_high": 8, "use_low_scale": False}
+    torch.manual_seed(0)
+    with_w = recomil.build_model(cfg, counts={"high": torch.arange(1, 9).float()}).eval()
+    without = recomil.build_model(cfg).eval()
+    x = torch.randn(30, 8)
+    assert with_w.branches["high"]._rare_on and not without.branches["high"]._rare_on
+    without.load_state_dict(with_w.state_dict())
+    assert without.branches["high"]._rare_on
+    with torch.no_grad():
+        assert torch.allclose(without(x)["logits"], with_w(x)["logits"])
