@@ -209,7 +209,8 @@ def recomil_child(unit: Path) -> None:
     log = pd.read_csv("results/train_log/fold_0.csv") if Path("results/train_log/fold_0.csv").is_file() else None
     epoch_s = float(log["epoch_seconds"].mean()) if log is not None and "epoch_seconds" in log else None
     rec = {**metrics_of((pred["label"] == "tumor").to_numpy().astype(int), pred["prob_tumor"].to_numpy()),
-           "epochs_run": summary["epochs_run"], "best_epoch": summary["best_epoch"], "epoch_seconds": epoch_s}
+           "epochs_run": summary["epochs_run"], "best_epoch": summary["best_epoch"], "epoch_seconds": epoch_s,
+           "test_ids": pred["slide_id"].astype(str).tolist(), "test_prob": pred["prob_tumor"].round(6).tolist()}
     (unit / "child.json").write_text(json.dumps(rec))
 
 

@@ -167,6 +167,7 @@ class Params:
     early_stop_after_warmup: bool = True
     min_delta: float = 0.0
     save_policy: str = "joint"
+    ensemble: int = 1
     amp: str = "auto"
     nproc: int = 1
     threads: int = 0
@@ -274,6 +275,9 @@ def _validate(p: Params) -> None:
     if p.patience < 1:
         raise ConfigError(f"param 'patience' must be at least 1 (epochs without improvement before stopping), "
                           f"got {p.patience}; use save_policy: last to train every epoch")
+    if not 1 <= p.ensemble <= 64:
+        raise ConfigError(f"param 'ensemble' must lie in [1, 64] (models trained per fold, their test "
+                          f"probabilities averaged), got {p.ensemble}")
     if not 0 <= p.seed < 2**32:
         raise ConfigError(f"param 'seed' must lie in [0, 2**32), got {p.seed}")
     for s in SCALES:

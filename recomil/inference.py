@@ -43,6 +43,34 @@ def predict_bags(model: MILClassifier, bags: Iterable[dict[str, torch.Tensor]],
     return (np.stack(probs).astype(np.float64) if probs else np.zeros((0, c))), extras
 
 
+def member_files(fold_dir: str | Path) -> list[Path]:
+    """The ensemble members of one fold: ``best.pt``, then ``best_m1.pt``, ``best_m2.pt``, ..."""
+    fold_dir = Path(fold_dir)
+    extra = sorted(fold_dir.glob("best_m*.pt"), key=lambda f: int(f.stem[6:]) if f.stem[6:].isdigit() else 0)
+    return [fold_dir / "best.pt", *extra]
+
+
+def predict_members(models: list[MILClassifier], bags: Iterable[dict[str, torch.Tensor]],
+                    amp_dtype: torch.dtype | None = None) -> tuple[np.ndarray, list[dict[str, np.ndarray]]]:
+    """:func:`predict_bags` of an ensemble, one bag at a time (every member sees a bag before the
+    next is read): the members' class probabilities averaged, and their patch attention averaged
+    (each member's sums to 1 over a bag's patches, so the mean does too); the rarity gate and the
+    prototype assignment are the first member's (each member has prototypes of its own)."""
+    if len(models) == 1:
+        return predict_bags(models[0], bags, amp_dtype)
+    probs, extras = [], []
+    for bag in bags:
+        runs = [predict_bags(m, [bag], amp_dtype) for m in models]
+        probs.append(np.mean([pr[0] for pr, _ in runs], axis=0))
+        first = dict(runs[0][1][0])
+        for key in first:
+            if key.startswith("attention_"):
+                first[key] = np.mean([ex[0][key] for _, ex in runs], axis=0)
+        extras.append(first)
+    c = model_num_classes(models[0])
+    return (np.stack(probs).astype(np.float64) if probs else np.zeros((0, c))), extras
+
+
 def model_num_classes(model: MILClassifier) -> int:
     """Number of output classes of ``model``."""
     last = [m for m in model.branches["high"].modules() if isinstance(m, torch.nn.Linear)][-1]

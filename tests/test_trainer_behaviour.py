@@ -173,3 +173,40 @@ def test_min_delta_zero_keeps_any_strict_improvement(demo_project):
                                     save_policy="train_loss", min_delta=0.0, lr=1e-3)
     losses = [r["loss"] for r in rows]
     assert summary["best_epoch"] == int(np.argmin(losses)) + 1
+
+
+def test_an_ensemble_trains_members_with_their_own_seeds_and_averages_them(demo_project, monkeypatch):
+    """``ensemble: 3``: member 0 is exactly the run without an ensemble (same seed streams), the
+    others start from other weights and bag orders; the evaluate stage's test probabilities and
+    attention are the members' means."""
+    from recomil.inference import member_files, predict_bags
+    from recomil.pipeline import evaluate_stage, train_stage
+
+    monkeypatch.chdir(demo_project)
+    base = dict(SMALL, epochs=3, warmup_epochs=1, freeze_protos_epochs=1, wandb_mode="disabled", bootstrap=0,
+                threads=1)
+    train_stage.run_train(make_params({**base, "ensemble": 1}), progress=False)
+    single = torch.load(paths.MODELS / "fold_0" / "best.pt", weights_only=True)["state_dict"]
+    summary = train_stage.run_train(make_params({**base, "ensemble": 3}), progress=False)
+    files = member_files(paths.MODELS / "fold_0")
+    assert [f.name for f in files] == ["best.pt", "best_m1.pt", "best_m2.pt"]
+    assert [m["member"] for m in summary["folds"][0]["members"]] == [1, 2]
+    states = [torch.load(f, weights_only=True)["state_dict"] for f in files]
+    assert all(torch.equal(single[k], states[0][k]) for k in single)  # member 0 = the plain run
+    w = "branches.high.proj_x.0.weight"
+    assert not torch.equal(states[0][w], states[1][w]) and not torch.equal(states[1][w], states[2][w])
+    assert (paths.TRAIN_LOG / "fold_0_m2.csv").is_file()
+    evaluate_stage.run_evaluate(make_params({**base, "ensemble": 3}))
+    import pandas as pd
+
+    pred = pd.read_csv(paths.PREDICTIONS)
+    store = FeatureStore(paths.STORE)
+    test = BagSet(store, load_split(paths.SPLIT)[0]["test"])
+    per_member = [predict_bags(load_model(f)[0], [test.bag(j) for j in range(len(test))]) for f in files]
+    mean = np.mean([pr for pr, _ in per_member], axis=0)
+    classes = store.classes
+    assert np.allclose(pred[f"prob_{classes[1]}"].to_numpy(), mean[:, 1], atol=1e-6)
+    assert not np.allclose(per_member[0][0][:, 1], mean[:, 1], atol=1e-6)
+    # back to one model: the stale members are removed, evaluation uses best.pt alone
+    train_stage.run_train(make_params({**base, "ensemble": 1}), progress=False)
+    assert member_files(paths.MODELS / "fold_0") == [paths.MODELS / "fold_0" / "best.pt"]

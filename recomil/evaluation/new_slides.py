@@ -26,11 +26,12 @@ from recomil.inference import load_model, predict_bags
 
 
 def model_files(path: str | Path) -> list[Path]:
-    """Checkpoints under a trained-model directory, or the one file given."""
+    """Checkpoints under a trained-model directory (every fold's model and ensemble members, whose
+    predictions are averaged with equal weights), or the one file given."""
     path = Path(path)
     if path.is_file():
         return [path]
-    files = sorted(path.glob("fold_*/best.pt")) or sorted(path.glob("*.pt"))
+    files = sorted(path.glob("fold_*/best*.pt")) or sorted(path.glob("*.pt"))
     if not files:
         raise DataError(f"{path}: no trained model found (expected fold_<k>/best.pt)")
     return files

@@ -16,7 +16,7 @@ from recomil.data.store import FeatureStore
 from recomil.data.wsi import SlideIndex
 from recomil.evaluation.explain import write_explanations
 from recomil.evaluation.localisation import load_ground_truth, localisation_auc
-from recomil.inference import load_model, predict_bags
+from recomil.inference import load_model, member_files, predict_members
 from recomil.metrics import (
     auc_score,
     bootstrap_auc,
@@ -69,9 +69,10 @@ def run_evaluate(p: Params) -> dict[str, Any]:
     shutil.rmtree(paths.EXPLAIN, ignore_errors=True)
     slides = SlideIndex(p.slides_dir) if p.slides_dir else None
     for k, split in enumerate(folds):
-        model, _, _ = load_model(paths.MODELS / f"fold_{k}" / "best.pt")
+        members = [load_model(f)[0] for f in member_files(paths.MODELS / f"fold_{k}")]
+        model = members[0]
         test = BagSet(store, split["test"], tuple(model.scales))
-        probs, extras = predict_bags(model, (test.bag(j) for j in range(len(test))))
+        probs, extras = predict_members(members, (test.bag(j) for j in range(len(test))))
         m = classification_metrics(test.labels, probs)
         pngs += write_explanations(paths.EXPLAIN, model, test, extras, fold=k, slides=slides, probs=probs,
                                    classes=classes, gallery_k=p.heatmap_topk)

@@ -18,7 +18,7 @@ from recomil.pipeline.data_stages import load_split
 from recomil.pipeline.prototypes_stage import load_prototypes
 from recomil.training import distributed as ddp
 from recomil.training.tracking import Tracker, experiment_name
-from recomil.training.trainer import model_params, train_fold
+from recomil.training.trainer import member_file, model_params, train_fold
 
 
 def _launch_torchrun(nproc: int) -> dict[str, Any]:
@@ -33,7 +33,8 @@ def _launch_torchrun(nproc: int) -> dict[str, Any]:
 
 def run_train(p: Params, progress: bool = True) -> dict[str, Any]:
     """Train every fold; write ``models/fold_<k>/best.pt``, ``models/summary.json`` and the
-    per-epoch log ``results/train_log/fold_<k>.csv``.
+    per-epoch log ``results/train_log/fold_<k>.csv``; with ``ensemble`` M > 1 also the members
+    ``models/fold_<k>/best_m<m>.pt`` and ``results/train_log/fold_<k>_m<m>.csv`` (m = 1 .. M-1).
 
     With ``nproc`` > 1 and not already under torchrun, the stage relaunches itself with
     ``torchrun --standalone --nproc_per_node nproc`` (one machine); for several machines start
@@ -57,27 +58,37 @@ def _train_all(p: Params, progress: bool) -> dict[str, Any]:
     folds = load_split(paths.SPLIT)
     if main:
         shutil.rmtree(paths.TRAIN_LOG, ignore_errors=True)
+        for stale in paths.MODELS.glob("fold_*/best_m*.pt"):  # members of an earlier, larger ensemble
+            stale.unlink()
     summaries = []
     scales = model_params(p, store).scales
     for k, split in enumerate(folds):
         expect = {s: (p.scale(s).num_protos, store.dims[s]) for s in scales} if p.model == "recomil" else None
         protos = load_prototypes(scales, k, paths.PROTOTYPES, expect)
-        run_id = hashlib.sha256(json.dumps([p.to_dict(), split, k, experiment_name()], sort_keys=True,
-                                           default=str).encode()).hexdigest()[:20]
-        tracker = Tracker(paths.TRAIN_LOG / f"fold_{k}.csv" if main else None,
-                          mode=p.wandb_mode if main else "disabled", project=p.wandb_project,
-                          name=f"train-fold{k}", group="recomil", config={**p.to_dict(), "fold": k},
-                          wandb_dir=paths.WANDB_DIR, run_id=run_id)
-        resume = paths.RESUME / f"fold_{k}.pt"
-        try:
-            summary = train_fold(p, store, split, protos, paths.MODELS / f"fold_{k}", resume, tracker, k, progress)
-            tracker.summary({"best_epoch": summary["best_epoch"], "best_score": summary["best_score"]})
-            tracker.artifact(f"recomil-fold{k}-best", "model", paths.MODELS / f"fold_{k}" / "best.pt")
-        finally:
-            tracker.finish()
-        summaries.append(summary)
+        members = []
+        for m in range(p.ensemble):
+            tail = f"_m{m}" if m else ""
+            run_id = hashlib.sha256(json.dumps([p.to_dict(), split, k, experiment_name(), *([m] if m else [])],
+                                               sort_keys=True, default=str).encode()).hexdigest()[:20]
+            tracker = Tracker(paths.TRAIN_LOG / f"fold_{k}{tail}.csv" if main else None,
+                              mode=p.wandb_mode if main else "disabled", project=p.wandb_project,
+                              name=f"train-fold{k}{tail}", group="recomil", config={**p.to_dict(), "fold": k,
+                                                                                    "member": m},
+                              wandb_dir=paths.WANDB_DIR, run_id=run_id)
+            resume = paths.RESUME / f"fold_{k}{tail}.pt"
+            try:
+                summary = train_fold(p, store, split, protos, paths.MODELS / f"fold_{k}", resume, tracker, k,
+                                     progress, member=m)
+                tracker.summary({"best_epoch": summary["best_epoch"], "best_score": summary["best_score"]})
+                tracker.artifact(f"recomil-fold{k}{tail}-best", "model",
+                                 paths.MODELS / f"fold_{k}" / member_file(m))
+            finally:
+                tracker.finish()
+            members.append(summary)
+        summaries.append({**members[0], "members": members[1:]} if p.ensemble > 1 else members[0])
     if main:
         (paths.MODELS / "summary.json").write_text(json.dumps({"folds": summaries}, indent=1))
         for k in range(len(folds)):
-            Path(paths.RESUME / f"fold_{k}.pt").unlink(missing_ok=True)
+            for m in range(p.ensemble):
+                Path(paths.RESUME / f"fold_{k}{f'_m{m}' if m else ''}.pt").unlink(missing_ok=True)
     return {"folds": summaries}

@@ -75,10 +75,23 @@ def selection_score(policy: str, val_auc: float | None, val_acc: float | None, t
     return math.inf
 
 
+def member_seed(seed: int, fold: int, member: int) -> int:
+    """The torch seed of a fold's ensemble member: ``seed + fold`` for member 0 (a run without an
+    ensemble), a draw from ``(seed, fold, member)`` for the others."""
+    if member == 0:
+        return seed + fold
+    return int(np.random.default_rng([seed, fold, member]).integers(2**62))
+
+
+def member_file(member: int) -> str:
+    """``best.pt`` for member 0, ``best_m<member>.pt`` for the others."""
+    return "best.pt" if member == 0 else f"best_m{member}.pt"
+
+
 def fingerprint(p: Params, split: dict[str, list[str]], store: FeatureStore,
-                prototypes: dict[str, dict[str, np.ndarray]]) -> str:
+                prototypes: dict[str, dict[str, np.ndarray]], member: int = 0) -> str:
     """Hash of everything a training run depends on (to refuse resuming a different run)."""
-    h = hashlib.sha256(json.dumps([p.to_dict(), split, store.meta], sort_keys=True, default=str).encode())
+    h = hashlib.sha256(json.dumps([p.to_dict(), split, store.meta, member], sort_keys=True, default=str).encode())
     for scale in sorted(prototypes):
         for key in sorted(prototypes[scale]):
             h.update(np.ascontiguousarray(prototypes[scale][key]).tobytes())
@@ -99,10 +112,13 @@ def save_model(path: Path, model: MILClassifier, p: Params, classes: list[str], 
 
 def train_fold(p: Params, store: FeatureStore, split: dict[str, list[str]],
                prototypes: dict[str, dict[str, np.ndarray]], out_dir: Path, resume_path: Path,
-               tracker: Tracker, fold: int = 0, progress: bool = True) -> dict[str, Any]:
-    """Train on ``split["train"]``, select on ``split["val"]``; write ``out_dir/best.pt``.
+               tracker: Tracker, fold: int = 0, progress: bool = True, member: int = 0) -> dict[str, Any]:
+    """Train on ``split["train"]``, select on ``split["val"]``; write ``out_dir/best.pt``
+    (``out_dir/best_m<member>.pt`` for a further ensemble member).
 
     Args:
+        member: ensemble member (0: the run of ``seed``; ``m`` >= 1 draws its initial weights, dropout
+            and bag order from ``(seed, fold, m)``, on the same data, split and prototypes).
         prototypes: scale -> ``{"centres": [K, D], "counts": [K], "mean": [D], "std": [D]}`` from the
             prototypes stage (centres and counts are ignored by ABMIL).
         resume_path: per-epoch state file (resumed when its fingerprint matches).
@@ -111,13 +127,14 @@ def train_fold(p: Params, store: FeatureStore, split: dict[str, list[str]],
         Summary: best epoch, selection score, epochs run, whether early stopping fired.
     """
     mp = model_params(p, store)
+    tag = f"fold {fold}" + (f" member {member}" if member else "")
     device = pick_device()
     world, rank, main = ddp.world_size(), ddp.rank(), ddp.is_main()
     check_sync = os.environ.get("RECOMIL_CHECK_SYNC") == "1"
     if device.type == "cuda" and world > 1:
         device = torch.device("cuda", torch.cuda.current_device())
     amp = autocast_dtype(p.amp, device)
-    torch.manual_seed(p.seed + fold)
+    torch.manual_seed(member_seed(p.seed, fold, member))
     recomil = mp.model == "recomil"
     model = build_model(mp, {s: torch.from_numpy(v["centres"]) for s, v in prototypes.items()} if recomil else None,
                         counts={s: torch.from_numpy(v["counts"]) for s, v in prototypes.items()} if recomil else None,
@@ -130,13 +147,13 @@ def train_fold(p: Params, store: FeatureStore, split: dict[str, list[str]],
     weight = class_weights(train.labels, mp.num_classes).to(device) if p.class_weight else None
     policy = p.save_policy
     if policy in VAL_POLICIES and len(val) == 0:
-        print(f"train: fold {fold} has no validation slides; save_policy {policy} falls back to 'last'",
+        print(f"train: {tag} has no validation slides; save_policy {policy} falls back to 'last'",
               file=sys.stderr)
         policy = "last"
-    fp = fingerprint(p, split, store, prototypes)
+    fp = fingerprint(p, split, store, prototypes, member)
     state = {"epoch": 0, "best_score": -math.inf, "best_epoch": 0, "stale": 0, "best_state": None, "rows": [],
              "finished": False, "stopped_early": False}
-    saved = _read_resume(resume_path, fp, device, fold)
+    saved = _read_resume(resume_path, fp, device, tag)
     if saved is not None:
         model.load_state_dict(saved["model"])
         opt.load_state_dict(saved["optimizer"])
@@ -149,7 +166,7 @@ def train_fold(p: Params, store: FeatureStore, split: dict[str, list[str]],
         for row in state["rows"]:
             tracker.rows.append(row)
         done = "has already finished" if state["finished"] else f"resumes after epoch {state['epoch']}"
-        print(f"train: fold {fold} {done} ({resume_path})", file=sys.stderr)
+        print(f"train: {tag} {done} ({resume_path})", file=sys.stderr)
 
     def checkpoint_state() -> None:
         if main:
@@ -164,13 +181,14 @@ def train_fold(p: Params, store: FeatureStore, split: dict[str, list[str]],
         threads = share.apply(state.get("threads"))
         state["threads"] = threads
         if main:
-            print(f"train: fold {fold}: {threads} torch thread(s) of {os.cpu_count()} cores"
+            print(f"train: {tag}: {threads} torch thread(s) of {os.cpu_count()} cores"
                   f"{' (shared with the other recomil trainings running)' if p.threads == 0 else ''}; a rerun "
                   f"gives bitwise the same result with the same thread count", file=sys.stderr)
     if main:
-        print(f"train: fold {fold} on {device.type}, autocast {precision_name(amp)} (amp: {p.amp}"
+        print(f"train: {tag} on {device.type}, autocast {precision_name(amp)} (amp: {p.amp}"
               f"{'; amp: off trains in float32' if amp is not None else ''})", file=sys.stderr)
     fold_started = time.perf_counter()
+    member_key = [member] if member else []  # member 0 keeps the streams of a run without an ensemble
     first_epoch = p.epochs + 1 if state["finished"] else state["epoch"] + 1
     for epoch in range(first_epoch, p.epochs + 1):
         lr = p.lr * lr_factor(epoch, p.warmup_epochs, p.epochs)
@@ -182,13 +200,14 @@ def train_fold(p: Params, store: FeatureStore, split: dict[str, list[str]],
         model.set_prototypes_frozen(epoch <= p.freeze_protos_epochs)
         model.train()
         if world > 1:  # each rank its own dropout stream, reproducible per epoch (also after a resume)
-            torch.manual_seed(int(np.random.default_rng([p.seed, fold, epoch, rank]).integers(2**62)))
-        order = ddp.shard(np.random.default_rng([p.seed, fold, epoch]).permutation(len(train)), rank, world)
+            torch.manual_seed(int(np.random.default_rng([p.seed, fold, epoch, rank, *member_key]).integers(2**62)))
+        order = ddp.shard(np.random.default_rng([p.seed, fold, epoch, *member_key]).permutation(len(train)),
+                          rank, world)
         # running sums stay on the device: no host synchronisation per step (read once per epoch)
         sums = {k: torch.zeros((), device=device) for k in ("ce", "loss", *(f"ortho_{s}" for s in mp.scales))}
         fusion = []
         started = time.perf_counter()
-        bar = tqdm(order, desc=f"fold {fold} epoch {epoch}/{p.epochs}", unit="bag",
+        bar = tqdm(order, desc=f"{tag} epoch {epoch}/{p.epochs}", unit="bag",
                    disable=None if progress and main else True,
                    file=sys.stderr, leave=False)
         labels = torch.as_tensor(train.labels, device=device)
@@ -247,7 +266,7 @@ def train_fold(p: Params, store: FeatureStore, split: dict[str, list[str]],
         if main:
             per_epoch = (time.perf_counter() - fold_started) / (epoch - first_epoch + 1)
             left = 0 if state["finished"] else p.epochs - epoch
-            print(f"fold {fold} epoch {epoch}/{p.epochs}: loss {row['loss']:.4f} val_auc {_fmt(val_auc)} "
+            print(f"{tag} epoch {epoch}/{p.epochs}: loss {row['loss']:.4f} val_auc {_fmt(val_auc)} "
                   f"val_acc {_fmt(val_acc)} | {row['epoch_seconds']:.1f} s, at most {_duration(left * per_epoch)} "
                   f"left in this fold", file=sys.stderr, flush=True)
         checkpoint_state()  # the fact that a fold has finished is saved too: a resume never trains it on
@@ -257,12 +276,12 @@ def train_fold(p: Params, store: FeatureStore, split: dict[str, list[str]],
         share.close()
     best = copy.deepcopy(model)
     best.load_state_dict(state["best_state"])
-    summary = {"fold": fold, "best_epoch": state["best_epoch"], "best_score": state["best_score"],
+    summary = {"fold": fold, "member": member, "best_epoch": state["best_epoch"], "best_score": state["best_score"],
                "epochs_run": state["epoch"], "stopped_early": state["stopped_early"], "save_policy": policy,
                "threads": threads, "precision": precision_name(amp)}
     if main:
-        save_model(out_dir / "best.pt", best, mp, store.classes, {"summary": summary})
-        print(f"fold {fold}: {state['epoch']} epochs{' (early stop)' if state['stopped_early'] else ''}, "
+        save_model(out_dir / member_file(member), best, mp, store.classes, {"summary": summary})
+        print(f"{tag}: {state['epoch']} epochs{' (early stop)' if state['stopped_early'] else ''}, "
               f"best epoch {state['best_epoch']} (score {state['best_score']:.4f}), "
               f"{_duration(time.perf_counter() - fold_started)} this run", file=sys.stderr, flush=True)
     return summary
@@ -273,7 +292,7 @@ def _duration(seconds: float) -> str:
     return f"{seconds // 60} min {seconds % 60:02d} s" if seconds >= 60 else f"{seconds} s"
 
 
-def _read_resume(path: Path, fp: str, device: torch.device, fold: int) -> dict[str, Any] | None:
+def _read_resume(path: Path, fp: str, device: torch.device, tag: str) -> dict[str, Any] | None:
     """The saved state of this very run, or None (fresh start). A corrupt, foreign or stale file is
     reported with its path and ignored; it is overwritten after the first epoch."""
     if not path.is_file():
@@ -283,11 +302,11 @@ def _read_resume(path: Path, fp: str, device: torch.device, fold: int) -> dict[s
         if not isinstance(saved, dict) or not {"model", "optimizer", "rng", "state"} <= set(saved):
             raise ValueError("not a recomil resume file")
     except Exception as exc:  # noqa: BLE001 - any unreadable file means: start afresh, say so
-        print(f"warning: train: fold {fold}: ignoring the unreadable resume file {path} ({type(exc).__name__}: "
+        print(f"warning: train: {tag}: ignoring the unreadable resume file {path} ({type(exc).__name__}: "
               f"{str(exc)[:200]}); training starts afresh", file=sys.stderr)
         return None
     if saved.get("fingerprint") != fp:
-        print(f"warning: train: fold {fold}: the resume file {path} belongs to a run with other params, data, "
+        print(f"warning: train: {tag}: the resume file {path} belongs to a run with other params, data, "
               f"split or prototypes; ignored, training starts afresh", file=sys.stderr)
         return None
     return saved
