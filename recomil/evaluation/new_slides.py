@@ -22,7 +22,7 @@ from recomil.data.readers import SUFFIXES, Bag, patch_size_level0, read_bag
 from recomil.data.wsi import SlideIndex, open_slide
 from recomil.evaluation.explain import draw_on_slide, rare_mask, slide_title
 from recomil.evaluation.overlay import ScaleView, write_slide_views
-from recomil.inference import load_model, predict_bags
+from recomil.inference import load_model, predict_members
 
 
 def model_files(path: str | Path) -> list[Path]:
@@ -122,13 +122,9 @@ def score_slides(model_path: str | Path, features: list[str | Path], features_lo
             bag[scale] = torch.from_numpy(stored.astype(np.float32))
             crd[scale] = b.coords
             size[scale] = patch_size_level0(b.attrs) or ((patch_size or {}).get(scale) or None)
-        probs = np.zeros(len(classes))
-        att = {s: np.zeros(bag[s].shape[0]) for s in scales}
-        for model, _, _ in models:
-            pr, extras = predict_bags(model, [bag])
-            probs += pr[0] / len(models)
-            for s in scales:
-                att[s] += extras[0][f"attention_{s}"] / len(models)
+        pr, extras = predict_members([m for m, _, _ in models], [bag])
+        probs = pr[0]
+        att = {s: extras[0][f"attention_{s}"] for s in scales}
         if not np.isfinite(probs).all():
             raise DataError(f"slide {sid!r}: the model gave non-finite probabilities")
         rare = {s: rare_mask(models[0][0], s, bag[s]) for s in scales}
