@@ -54,8 +54,9 @@ def predict_members(models: list[MILClassifier], bags: Iterable[dict[str, torch.
                     amp_dtype: torch.dtype | None = None) -> tuple[np.ndarray, list[dict[str, np.ndarray]]]:
     """:func:`predict_bags` of an ensemble, one bag at a time (every member sees a bag before the
     next is read): the members' class probabilities averaged, and their patch attention averaged
-    (each member's sums to 1 over a bag's patches, so the mean does too); the rarity gate and the
-    prototype assignment are the first member's (each member has prototypes of its own)."""
+    (each member's is the patches' share of its pooled attention, so the mean is such a share too);
+    the rarity gate and the prototype assignment are the first member's (each member has
+    prototypes of its own)."""
     if len(models) == 1:
         return predict_bags(models[0], bags, amp_dtype)
     probs, extras = [], []

@@ -2,6 +2,7 @@
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -333,3 +334,26 @@ def test_rare_weights_switch_follows_a_loaded_state_dict():
     assert without.branches["high"]._rare_on
     with torch.no_grad():
         assert torch.allclose(without(x)["logits"], with_w(x)["logits"])
+
+
+def test_an_ensembles_prediction_is_the_mean_of_its_members():
+    """predict_members: class probabilities and patch attention are the members' means; the gate
+    and assignment are the first member's."""
+    import recomil
+    from recomil.inference import predict_bags, predict_members
+
+    cfg = {"feat_dim_high": 8, "feat_dim_low": 8, "num_protos_high": 8, "num_protos_low": 8}
+    models = []
+    for seed in (0, 1, 2):
+        torch.manual_seed(seed)
+        models.append(recomil.build_model(cfg).eval())
+    bags = [{"high": torch.randn(n, 8), "low": torch.randn(n // 2, 8)} for n in (20, 33)]
+    probs, extras = predict_members(models, iter(bags))
+    each = [predict_bags(m, bags) for m in models]
+    assert np.allclose(probs, np.mean([pr for pr, _ in each], axis=0))
+    for j in range(len(bags)):
+        for s in ("high", "low"):
+            att = np.mean([ex[j][f"attention_{s}"] for _, ex in each], axis=0)
+            assert np.allclose(extras[j][f"attention_{s}"], att) and 0 < att.sum() <= 1 + 1e-6
+            assert not np.allclose(att, each[0][1][j][f"attention_{s}"])
+            assert np.array_equal(extras[j][f"gate_{s}"], each[0][1][j][f"gate_{s}"])
