@@ -12,6 +12,7 @@ from recomil.training.threads import ThreadShare, running_trainings
 
 def test_each_training_takes_its_share_and_takes_the_cores_back_when_alone(tmp_path, monkeypatch):
     monkeypatch.setattr(os, "cpu_count", lambda: 4)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(4)), raising=False)
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     before = torch.get_num_threads()
     others = [subprocess.Popen(["sleep", "30"]) for _ in range(2)]
@@ -39,4 +40,18 @@ def test_each_training_takes_its_share_and_takes_the_cores_back_when_alone(tmp_p
     finally:
         for proc in others:
             proc.kill()
+        torch.set_num_threads(before)
+
+
+def test_the_share_counts_the_cores_this_process_may_use_not_the_machines(tmp_path, monkeypatch):
+    """A SLURM job or ``taskset`` gives a process 2 of a machine's 64 cores: its share is of those 2."""
+    monkeypatch.setattr(os, "cpu_count", lambda: 64)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {5, 9}, raising=False)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    before = torch.get_num_threads()
+    try:
+        share = ThreadShare(0, tmp_path)
+        assert share.apply() == 2
+        share.close()
+    finally:
         torch.set_num_threads(before)

@@ -4,11 +4,12 @@
 core; their OpenMP threads then spin against each other and both slow down many-fold. With
 ``threads: 0`` (default) a CPU training counts the recomil trainings registered in a folder of
 the machine's temporary directory when it starts and takes ``cores // trainings`` threads (at
-least 1). The count is fixed for the whole run and restored on resume, because floating-point
-reductions, and so the trained weights, differ in their last bits between thread counts; it is
-printed and recorded in the run's summary. ``threads: N`` fixes the count; an
-``OMP_NUM_THREADS`` set in the environment is respected as an upper bound. GPU training is not
-affected.
+least 1), counting the cores this process may use (its CPU affinity: a SLURM job or ``taskset``
+sees its own cores, not the whole machine's). The count is fixed for the whole run and restored
+on resume, because floating-point reductions, and so the trained weights, differ in their last
+bits between thread counts; it is printed and recorded in the run's summary. ``threads: N``
+fixes the count; an ``OMP_NUM_THREADS`` set in the environment is respected as an upper bound.
+GPU training is not affected.
 """
 
 from __future__ import annotations
@@ -31,6 +32,15 @@ def _alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def usable_cores() -> int:
+    """The cores this process may run on: its CPU affinity (a SLURM allocation, ``taskset``, a
+    container's cpuset), which ``os.cpu_count()`` (every core of the machine) ignores."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):  # no affinity on macOS / Windows
+        return os.cpu_count() or 1
 
 
 def running_trainings(registry: Path = REGISTRY) -> int:
@@ -62,7 +72,7 @@ class ThreadShare:
 
     def apply(self, fixed: int | None = None) -> int:
         """Set and return this training's thread count (``fixed``: a count to restore on resume)."""
-        cores = os.cpu_count() or 1
+        cores = usable_cores()
         cap = int(os.environ.get("OMP_NUM_THREADS", "0") or 0) or cores
         n = self.threads if self.threads > 0 else max(1, cores // max(1, running_trainings(self.registry)))
         n = max(1, min(fixed or n, cap))

@@ -42,7 +42,7 @@ from recomil.training import distributed as ddp
 from recomil.training.bags import BagSet
 from recomil.training.device import autocast_dtype, pick_device, precision_name
 from recomil.training.schedule import lr_factor, temperature
-from recomil.training.threads import ThreadShare
+from recomil.training.threads import ThreadShare, usable_cores
 from recomil.training.tracking import Tracker
 
 VAL_POLICIES = ("val_auc", "val_acc", "joint")
@@ -181,7 +181,7 @@ def train_fold(p: Params, store: FeatureStore, split: dict[str, list[str]],
         threads = share.apply(state.get("threads"))
         state["threads"] = threads
         if main:
-            print(f"train: {tag}: {threads} torch thread(s) of {os.cpu_count()} cores"
+            print(f"train: {tag}: {threads} torch thread(s) of {usable_cores()} usable cores"
                   f"{' (shared with the other recomil trainings running)' if p.threads == 0 else ''}; a rerun "
                   f"gives bitwise the same result with the same thread count", file=sys.stderr)
     if main:
