@@ -1,6 +1,7 @@
 """Model selection, early stopping, class weights, metrics."""
 
 import dataclasses
+import os
 
 import numpy as np
 import pytest
@@ -172,3 +173,18 @@ def test_amp_auto_is_bf16_on_a_cpu_with_native_bf16_and_float32_without(monkeypa
     with pytest.raises(ValueError, match="fp16 needs a CUDA"):
         dev.autocast_dtype("fp16", cpu)
     assert dev.precision_name(torch.bfloat16) == "bf16" and dev.precision_name(None) == "fp32"
+
+
+def test_importing_recomil_caps_onednns_shape_cache_unless_the_environment_sets_it():
+    """bf16 on a CPU: oneDNN caches a primitive per bag shape (1,024 by default, ~8 MB each);
+    recomil caps the cache at import, before any computation, and keeps a user's own value."""
+    import subprocess
+    import sys
+
+    code = "import os, recomil; print(os.environ['ONEDNN_PRIMITIVE_CACHE_CAPACITY'])"
+    env = {k: v for k, v in os.environ.items() if k != "ONEDNN_PRIMITIVE_CACHE_CAPACITY"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "16"
+    out = subprocess.run([sys.executable, "-c", code], env={**env, "ONEDNN_PRIMITIVE_CACHE_CAPACITY": "64"},
+                         capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "64"
