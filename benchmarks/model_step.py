@@ -114,7 +114,7 @@ def _agreement(device: str, amp: str) -> float:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--sizes", type=int, nargs="+", default=[1000, 4000, 16000, 64000])
+    ap.add_argument("--sizes", type=int, nargs="*", default=[1000, 4000, 16000, 64000])
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--out", default="benchmarks/model_step.md")
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
