@@ -2,8 +2,8 @@
 
 Usage::
 
-    python benchmarks/queue.py                         # N = 1, 2, 4 with -j 1 and -j 2 (demo params)
-    python benchmarks/queue.py --counts 2 --jobs 1 2 --set epochs=3   # a quick look
+    python benchmarks/dvc_queue.py                         # N = 1, 2, 4 with -j 1 and -j 2 (demo params)
+    python benchmarks/dvc_queue.py --counts 2 --jobs 1 2 --set epochs=3   # a quick look
 
 A copy of the project (its git-tracked files, the demo params) is made a git repository in a
 temporary folder; ``dvc repro`` runs once, so that each queued experiment (``-S
@@ -12,7 +12,7 @@ experiments are queued, ``dvc queue start -j J`` starts them, and the wall time 
 empty is recorded, with the torch threads each training took (from its log). Two trainings
 that both use every core slow each other many-fold; with the thread share (``threads: 0``)
 ``-j 2`` should take about the time of ``-j 1`` or less. Run it alone: it measures the machine.
-Writes ``benchmarks/queue.md``.
+Writes ``benchmarks/dvc_queue.md``.
 """
 
 from __future__ import annotations
@@ -92,7 +92,7 @@ def main() -> None:
     ap.add_argument("--counts", type=int, nargs="+", default=[1, 2, 4])
     ap.add_argument("--jobs", type=int, nargs="+", default=[1, 2])
     ap.add_argument("--set", nargs="*", default=[], help="params for every experiment, key=value (YAML values)")
-    ap.add_argument("--out", type=Path, default=HERE / "queue.md")
+    ap.add_argument("--out", type=Path, default=HERE / "dvc_queue.md")
     args = ap.parse_args()
     overrides = {k: yaml.safe_load(v) for k, v in (s.split("=", 1) for s in args.set)}
     rows = []
@@ -112,7 +112,7 @@ def main() -> None:
                 print(json.dumps(row), flush=True)
     by = {(r["n"], r["jobs"]): r["seconds"] for r in rows}
     lines = ["# Queued experiments: `dvc queue start -j J` on one machine", "",
-             f"Command: `python benchmarks/queue.py {' '.join(sys.argv[1:])}`".rstrip() + "` "
+             f"Command: `python benchmarks/dvc_queue.py {' '.join(sys.argv[1:])}`".rstrip() + "` "
              f"({time.strftime('%Y-%m-%d')}, {os.cpu_count()} cores, {platform.machine()}). Each experiment "
              f"re-runs `train` and `evaluate` of the demo (`-S outlier_alpha_high=...`); the first `dvc repro` "
              f"took {base:.0f} s. `threads`: the torch threads each training took (`threads: 0`).", "",
