@@ -62,6 +62,7 @@ ORIGINAL: dict[str, Any] = {
     "rare_beta_high": 0.0,              # its training script passes no frequency file by default
     "rare_beta_low": 0.0,
     "early_stop_after_warmup": False,   # patience counted from epoch 1
+    "amp": "off",                       # float32 training (the original's --fp16 is off by default)
 }
 
 #: Slide-like cohorts (demo generator settings). One at CTransPath width; the others narrower so
