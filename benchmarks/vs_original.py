@@ -295,7 +295,7 @@ def report(records: list[dict[str, Any]]) -> str:
         m = json.loads(META.read_text())
         lines += [f"Last run: `{m['command']}` on {m['date']} ({m['machine']}).", ""]
     lines += ["| cohort | program | seeds | AUC | acc | balanced acc | Δ AUC vs original | epochs | s/epoch "
-              "| epoch ratio vs original | peak MB |", "|" + " --- |" * 11]
+              "| epoch ratio vs original | peak MB (median) |", "|" + " --- |" * 11]
     by: dict[tuple[str, str], dict[int, dict[str, Any]]] = {}
     for r in records:
         by.setdefault((r["cohort"], r["program"]), {})[r["seed"]] = r
@@ -322,7 +322,7 @@ def report(records: list[dict[str, Any]]) -> str:
                     ratio = f"{np.mean(ratios):.2f}"
             ep = np.mean([r["epochs_run"] for r in runs.values()])
             spe = [r["epoch_seconds"] for r in runs.values() if r.get("epoch_seconds")]
-            peak = max(r["peak_rss_mb"] for r in runs.values())
+            peak = float(np.median([r["peak_rss_mb"] for r in runs.values()]))
             lines.append(f"| {cohort} | {program} | {len(runs)} | {ms('auc')} | {ms('acc')} | {ms('balanced_acc')} "
                          f"| {diff} | {ep:.1f} | {np.mean(spe):.2f} | {ratio} | {peak:.0f} |" if spe else
                          f"| {cohort} | {program} | {len(runs)} | {ms('auc')} | {ms('acc')} | {ms('balanced_acc')} "
