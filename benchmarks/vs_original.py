@@ -327,6 +327,9 @@ def report(records: list[dict[str, Any]]) -> str:
                          f"| {diff} | {ep:.1f} | {np.mean(spe):.2f} | {ratio} | {peak:.0f} |" if spe else
                          f"| {cohort} | {program} | {len(runs)} | {ms('auc')} | {ms('acc')} | {ms('balanced_acc')} "
                          f"| {diff} | {ep:.1f} | - | {ratio} | {peak:.0f} |")
+    notes = sorted({f"{r['cohort']} {r['program']}: {r['note']}" for r in records if r.get("note")})
+    if notes:
+        lines += ["", "Notes: " + "; ".join(notes) + "."]
     ens = ensemble_estimates(records)
     if ens:
         lines += ["", "Averaging seeds (what `ensemble: M` buys, estimated from the recorded test probabilities of "
