@@ -35,10 +35,7 @@ def dropout_mask(shape: torch.Size, p: float, dtype: torch.dtype, device: torch.
     """A dropout mask of ``shape``: ``0`` for a dropped element, ``1 / q`` for a kept one, where
     ``q = keep_threshold(p) / 2^16`` is the realised keep probability."""
     t = keep_threshold(p)
-    n = 1
-    for s in shape:
-        n *= int(s)
-    bits = random_bits16(n, device).view(shape)
+    bits = random_bits16(shape.numel(), device).view(shape)
     keep = bits < (t - _LEVELS // 2)  # int16 values run from -32768: exactly t of the 65,536 are below
     return keep.to(dtype).mul_(_LEVELS / t)
 
