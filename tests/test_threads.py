@@ -55,3 +55,29 @@ def test_the_share_counts_the_cores_this_process_may_use_not_the_machines(tmp_pa
         share.close()
     finally:
         torch.set_num_threads(before)
+
+
+def test_a_training_lowers_its_count_when_a_second_one_starts_later_and_never_raises_it(tmp_path, monkeypatch):
+    """dvc queue start -j 2: the second training often registers after the first chose its count."""
+    from recomil.training.threads import register
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(4)), raising=False)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    before = torch.get_num_threads()
+    other = subprocess.Popen(["sleep", "30"])
+    try:
+        assert register(tmp_path) == register(tmp_path)  # one entry per process
+        share = ThreadShare(0, tmp_path)
+        n = share.apply()
+        assert n == 4 and share.lower(n) is None  # alone: keeps every core
+        (tmp_path / f"{other.pid}.pid").touch()  # a second training registers
+        assert share.lower(n) == 2 and torch.get_num_threads() == 2
+        assert share.lower(2) is None
+        other.kill()
+        other.wait()
+        assert share.lower(2) is None  # alone again: the count is not raised (the run stays reproducible)
+        assert ThreadShare(1, tmp_path).lower(4) is None  # a fixed count is never changed
+        share.close()
+    finally:
+        other.kill()
+        torch.set_num_threads(before)

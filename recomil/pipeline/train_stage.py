@@ -11,12 +11,15 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from recomil.config import Params
 from recomil.data.store import FeatureStore
 from recomil.pipeline import paths
 from recomil.pipeline.data_stages import load_split
 from recomil.pipeline.prototypes_stage import load_prototypes
 from recomil.training import distributed as ddp
+from recomil.training.threads import register as register_training
 from recomil.training.tracking import Tracker, experiment_name
 from recomil.training.trainer import member_file, model_params, train_fold
 
@@ -42,6 +45,10 @@ def run_train(p: Params, progress: bool = True) -> dict[str, Any]:
     """
     if p.nproc > 1 and "LOCAL_RANK" not in os.environ:
         return _launch_torchrun(p.nproc)
+    if p.threads == 0 and p.nproc == 1 and not torch.cuda.is_available():
+        # counted from the stage's start, before the bags are read, so that a training queued beside
+        # this one (dvc queue start -j 2) sees it when it picks its thread count
+        register_training()
     distributed = ddp.init_from_env()
     try:
         return _train_all(p, progress)

@@ -5,9 +5,13 @@ core; their OpenMP threads then spin against each other and both slow down many-
 ``threads: 0`` (default) a CPU training counts the recomil trainings registered in a folder of
 the machine's temporary directory when it starts and takes ``cores // trainings`` threads (at
 least 1), counting the cores this process may use (its CPU affinity: a SLURM job or ``taskset``
-sees its own cores, not the whole machine's). The count is fixed for the whole run and restored
-on resume, because floating-point reductions, and so the trained weights, differ in their last
-bits between thread counts; it is printed and recorded in the run's summary. ``threads: N``
+sees its own cores, not the whole machine's). A training registers as soon as its stage starts
+(before it reads its bags), and at the start of every epoch it lowers its count when more
+trainings have started since (two queued experiments rarely start in the same second: the first
+would otherwise keep every core beside the second); it never raises it again, and says so when it
+lowers it. The count is restored on resume, because floating-point reductions, and so the trained
+weights, differ in their last bits between thread counts; it is printed and recorded in the
+run's summary and per epoch in the training log. ``threads: N``
 fixes the count; an ``OMP_NUM_THREADS`` set in the environment is respected as an upper bound.
 GPU training is not affected.
 """
@@ -58,6 +62,16 @@ def running_trainings(registry: Path = REGISTRY) -> int:
     return n
 
 
+def register(registry: Path = REGISTRY) -> Path:
+    """Count this process as a running training until it exits (idempotent: one entry per process)."""
+    registry.mkdir(parents=True, exist_ok=True)
+    entry = registry / f"{os.getpid()}.pid"
+    if not entry.exists():
+        entry.touch()
+        atexit.register(entry.unlink, missing_ok=True)
+    return entry
+
+
 class ThreadShare:
     """Registers this process as a training and sets its torch thread count (see module doc)."""
 
@@ -65,10 +79,7 @@ class ThreadShare:
         self.threads, self.registry = threads, registry
         self.entry: Path | None = None
         if threads == 0:
-            registry.mkdir(parents=True, exist_ok=True)
-            self.entry = registry / f"{os.getpid()}.pid"
-            self.entry.touch()
-            atexit.register(self.close)
+            self.entry = register(registry)
 
     def apply(self, fixed: int | None = None) -> int:
         """Set and return this training's thread count (``fixed``: a count to restore on resume)."""
@@ -78,6 +89,17 @@ class ThreadShare:
         n = max(1, min(fixed or n, cap))
         if torch.get_num_threads() != n:
             torch.set_num_threads(n)
+        return n
+
+    def lower(self, current: int) -> int | None:
+        """The new, smaller count when more trainings share the cores than when ``current`` was set
+        (and set it); None when ``current`` still fits or the count is fixed (``threads`` > 0)."""
+        if self.threads > 0:
+            return None
+        n = max(1, usable_cores() // max(1, running_trainings(self.registry)))
+        if n >= current:
+            return None
+        torch.set_num_threads(n)
         return n
 
     def close(self) -> None:

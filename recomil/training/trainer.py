@@ -42,7 +42,7 @@ from recomil.training import distributed as ddp
 from recomil.training.bags import BagSet
 from recomil.training.device import autocast_dtype, pick_device, precision_name
 from recomil.training.schedule import lr_factor, temperature
-from recomil.training.threads import ThreadShare, usable_cores
+from recomil.training.threads import ThreadShare, running_trainings, usable_cores
 from recomil.training.tracking import Tracker
 
 VAL_POLICIES = ("val_auc", "val_acc", "joint")
@@ -183,7 +183,8 @@ def train_fold(p: Params, store: FeatureStore, split: dict[str, list[str]],
         if main:
             print(f"train: {tag}: {threads} torch thread(s) of {usable_cores()} usable cores"
                   f"{' (shared with the other recomil trainings running)' if p.threads == 0 else ''}; a rerun "
-                  f"gives bitwise the same result with the same thread count", file=sys.stderr)
+                  f"gives bitwise the same result with the same thread counts (the log's threads column)",
+                  file=sys.stderr)
     if main:
         print(f"train: {tag} on {device.type}, autocast {precision_name(amp)} (amp: {p.amp}"
               f"{'; amp: off trains in float32' if amp is not None else ''})", file=sys.stderr)
@@ -199,6 +200,11 @@ def train_fold(p: Params, store: FeatureStore, split: dict[str, list[str]],
         model.set_temperatures(taus)
         model.set_prototypes_frozen(epoch <= p.freeze_protos_epochs)
         model.train()
+        if share is not None and (lowered := share.lower(threads)) is not None:
+            if main:
+                print(f"train: {tag}: {running_trainings()} recomil trainings share the cores now: "
+                      f"{lowered} torch thread(s) from epoch {epoch} on (was {threads})", file=sys.stderr)
+            threads = state["threads"] = lowered
         if world > 1:  # each rank its own dropout stream, reproducible per epoch (also after a resume)
             torch.manual_seed(int(np.random.default_rng([p.seed, fold, epoch, rank, *member_key]).integers(2**62)))
         order = ddp.shard(np.random.default_rng([p.seed, fold, epoch, *member_key]).permutation(len(train)),
@@ -239,6 +245,7 @@ def train_fold(p: Params, store: FeatureStore, split: dict[str, list[str]],
         row: dict[str, Any] = {"epoch": epoch, "lr": lr, **{k: v / steps for k, v in totals.items()},
                                **{f"tau_{s}": t for s, t in taus.items()},
                                "fusion_weight": float(torch.stack(fusion).mean()) if fusion else None,
+                               "threads": threads,
                                "train_seconds": round(time.perf_counter() - started, 3)}
         val_auc = val_acc = None
         if len(val):
