@@ -23,6 +23,9 @@ Each unit is one (cohort, program, seed):
   ``params.yaml``'s defaults and ``seed``.
 - ``recomil-original``: recomil with :data:`ORIGINAL`, the documented way to make recomil behave
   as the original's defaults (the parity baseline).
+- the other entries of :data:`VARIANTS` (``--programs recomil-first-tie recomil-ens3``): recomil
+  with one default changed back, or a costlier option; the report gives their paired difference
+  to ``recomil``, the evidence for that default.
 
 Each unit runs in its own process with ``--threads`` torch threads (1 by default: two trainings
 side by side on 2 cores slow each other many-fold). Recorded per unit: test AUC, accuracy and
@@ -62,6 +65,7 @@ ORIGINAL: dict[str, Any] = {
     "rare_beta_high": 0.0,              # its training script passes no frequency file by default
     "rare_beta_low": 0.0,
     "early_stop_after_warmup": False,   # patience counted from epoch 1
+    "tie_break": "none",                # the first epoch of the best validation score is kept
     "amp": "off",                       # float32 training (the original's --fp16 is off by default)
 }
 
@@ -77,7 +81,17 @@ COHORTS: dict[str, dict[str, Any]] = {
     "c128-b": {**_C128, "demo_seed": 103},
     "c128-rare": {**_C128, "demo_seed": 104, "demo_tumour_min": 0.002, "demo_tumour_max": 0.02},
 }
-PROGRAMS = ("original", "recomil", "recomil-original")
+#: recomil's programs: the params each one sets over params.yaml's defaults. ``recomil`` is the
+#: defaults as shipped; the others isolate one default (its paired difference to ``recomil`` on the
+#: same cohort and seed is the evidence for that default) or a costlier option.
+VARIANTS: dict[str, dict[str, Any]] = {
+    "recomil": {},
+    "recomil-original": ORIGINAL,
+    "recomil-first-tie": {"tie_break": "none"},   # the selection rule before tie_break (the original's)
+    "recomil-ens3": {"ensemble": 3},              # three models per fold, probabilities averaged
+}
+PROGRAMS = ("original", *VARIANTS)
+DEFAULT_PROGRAMS = ("original", "recomil", "recomil-original")
 
 
 # ----------------------------------------------------------------------------- cohorts
@@ -209,8 +223,11 @@ def recomil_child(unit: Path) -> None:
     pred = pd.read_csv("results/predictions.csv")
     log = pd.read_csv("results/train_log/fold_0.csv") if Path("results/train_log/fold_0.csv").is_file() else None
     epoch_s = float(log["epoch_seconds"].mean()) if log is not None and "epoch_seconds" in log else None
+    # every member's epochs (ensemble > 1 trains several models): the training time the result cost
+    train_s = sum(float(pd.read_csv(f)["epoch_seconds"].sum()) for f in Path("results/train_log").glob("fold_0*.csv"))
     rec = {**metrics_of((pred["label"] == "tumor").to_numpy().astype(int), pred["prob_tumor"].to_numpy()),
            "epochs_run": summary["epochs_run"], "best_epoch": summary["best_epoch"], "epoch_seconds": epoch_s,
+           "train_seconds": round(train_s, 1),
            "test_ids": pred["slide_id"].astype(str).tolist(), "test_prob": pred["prob_tumor"].round(6).tolist(),
            "test_labels": (pred["label"] == "tumor").astype(int).tolist()}
     (unit / "child.json").write_text(json.dumps(rec))
@@ -230,7 +247,7 @@ def run_unit(cohort_name: str, program: str, seed: int, work: Path, original: Pa
     if program == "original":
         rec = run_original(cohort, COHORTS[cohort_name]["demo_feat_dim"], seed, unit, original, threads)
     else:
-        rec = run_recomil(cohort, seed, unit, ORIGINAL if program == "recomil-original" else {}, threads)
+        rec = run_recomil(cohort, seed, unit, VARIANTS[program], threads)
     rec = {"cohort": cohort_name, "program": program, "seed": seed, "threads": threads, **rec}
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".tmp").write_text(json.dumps(rec, indent=1))
@@ -330,14 +347,37 @@ def report(records: list[dict[str, Any]]) -> str:
     notes = sorted({f"{r['cohort']} {r['program']}: {r['note']}" for r in records if r.get("note")})
     if notes:
         lines += ["", "Notes: " + "; ".join(notes) + "."]
-    ens = ensemble_estimates(records)
+    variant_rows = []
+    for cohort in COHORTS:
+        mine = by.get((cohort, "recomil"), {})
+        for program in VARIANTS:
+            other = by.get((cohort, program), {})
+            if program == "recomil" or not mine or not other:
+                continue
+            m, se, n = paired({s: r["auc"] for s, r in mine.items()}, {s: r["auc"] for s, r in other.items()})
+            if not n:
+                continue
+            seeds = sorted(set(mine) & set(other))
+            sd = [float(np.std([runs[s_]["auc"] for s_ in seeds], ddof=1)) if n > 1 else math.nan
+                  for runs in (mine, other)]
+            cost = [np.mean([runs[s_].get("train_seconds") or math.nan for s_ in seeds]) for runs in (mine, other)]
+            variant_rows.append(f"| {cohort} | {program} | {n} | {m:+.3f} ± {se:.3f} | {sd[0]:.3f} | {sd[1]:.3f} "
+                                f"| {cost[0]:.0f} | {cost[1]:.0f} |")
+    if variant_rows:
+        lines += ["", "Defaults against the variants (same cohort and seeds): Δ AUC = recomil (defaults) − variant, "
+                  "± its standard error; sd of the test AUC over those seeds; training seconds of the whole "
+                  "result (every member's epochs).", "",
+                  "| cohort | variant | seeds | Δ AUC (recomil − variant) | sd recomil | sd variant | train s recomil "
+                  "| train s variant |", "|" + " --- |" * 8, *variant_rows]
+    ens = [(program, *row) for program in VARIANTS for row in ensemble_estimates(records, program)]
     if ens:
         lines += ["", "Averaging seeds (what `ensemble: M` buys, estimated from the recorded test probabilities of "
-                  "recomil's seed runs; the members of a real ensemble share one validation split): test AUC of "
+                  "a program's seed runs; the members of a real ensemble share one validation split): test AUC of "
                   "single runs against that of the M-seed mean probability, over every M-subset of the seeds.", "",
-                  "| cohort | M | subsets | single-run AUC (mean ± sd) | M-seed mean-probability AUC (mean ± sd) |",
-                  "| --- | --- | --- | --- | --- |"]
-        lines += [f"| {c} | {m} | {n} | {a:.3f} ± {sa:.3f} | {b:.3f} ± {sb:.3f} |" for c, m, n, a, sa, b, sb in ens]
+                  "| cohort | program | M | subsets | single-run AUC (mean ± sd) | M-seed mean-probability AUC "
+                  "(mean ± sd) |", "| --- | --- | --- | --- | --- | --- |"]
+        lines += [f"| {c} | {pr} | {m} | {n} | {a:.3f} ± {sa:.3f} | {b:.3f} ± {sb:.3f} |"
+                  for pr, c, m, n, a, sa, b, sb in ens]
     lines += ["", "Cohorts (demo generator settings, original's C16 pkl layout):", ""]
     for name, c in COHORTS.items():
         lines.append(f"- `{name}`: D {c['demo_feat_dim']}, {c['demo_train_slides']} training / "
@@ -345,6 +385,9 @@ def report(records: list[dict[str, Any]]) -> str:
                      f"high-magnification patches, tumour {100 * c['demo_tumour_min']:.1f}–"
                      f"{100 * c['demo_tumour_max']:.0f} % of a positive slide's patches, generator seed "
                      f"{c['demo_seed']}.")
+    lines += ["", "Variants: " + "; ".join(f"`{k}`: " + (", ".join(f"`{a}: {b}`" for a, b in v.items()) or
+                                                    "params.yaml's defaults") for k, v in VARIANTS.items()
+                                 if k != "recomil-original") + "."]
     lines += ["", "`recomil-original` runs recomil with " + ", ".join(f"`{k}: {v}`" for k, v in ORIGINAL.items())
               + " (README, \"Coming from the original\")."]
     return "\n".join(lines) + "\n"
@@ -354,7 +397,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--original", type=Path, help="checkout of zsszc/ReCo-MIL (outside this project)")
     ap.add_argument("--cohorts", nargs="*", default=list(COHORTS), choices=list(COHORTS))
-    ap.add_argument("--programs", nargs="*", default=list(PROGRAMS), choices=list(PROGRAMS))
+    ap.add_argument("--programs", nargs="*", default=list(DEFAULT_PROGRAMS), choices=list(PROGRAMS))
     ap.add_argument("--seeds", nargs="*", type=int, default=[1, 2, 3, 4, 5])
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--work", type=Path, default=Path(os.environ.get("TMPDIR", "/tmp")) / "recomil-vs-original")

@@ -22,6 +22,7 @@ DATASETS = ("demo", "c16", "c17", "tcga", "folder")
 SIMILARITIES = ("l2", "cosine", "dot")
 FUSIONS = ("learned", "confidence", "fixed")
 SAVE_POLICIES = ("val_auc", "val_acc", "joint", "train_loss", "last")
+TIE_BREAKS = ("val_loss", "none")
 AMP_MODES = ("auto", "bf16", "fp16", "off")
 WANDB_MODES = ("offline", "online", "disabled")
 MODELS = ("recomil", "abmil")
@@ -167,6 +168,7 @@ class Params:
     early_stop_after_warmup: bool = True
     min_delta: float = 0.0
     save_policy: str = "joint"
+    tie_break: str = "val_loss"
     ensemble: int = 1
     amp: str = "auto"
     nproc: int = 1
@@ -204,6 +206,7 @@ _CHOICES = {
     "similarity_method_low": SIMILARITIES,
     "fusion": FUSIONS,
     "save_policy": SAVE_POLICIES,
+    "tie_break": TIE_BREAKS,
     "amp": AMP_MODES,
     "wandb_mode": WANDB_MODES,
     "model": MODELS,

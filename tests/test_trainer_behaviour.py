@@ -210,3 +210,43 @@ def test_an_ensemble_trains_members_with_their_own_seeds_and_averages_them(demo_
     # back to one model: the stale members are removed, evaluation uses best.pt alone
     train_stage.run_train(make_params({**base, "ensemble": 1}), progress=False)
     assert member_files(paths.MODELS / "fold_0") == [paths.MODELS / "fold_0" / "best.pt"]
+
+
+def _replay_selection(rows, tie_break: str) -> int:
+    """The best epoch by the rule of ``tie_break``, replayed from the logged validation metrics
+    (save_policy val_acc, min_delta 0)."""
+    best, best_loss, best_epoch = -math.inf, math.inf, 0
+    for r in rows:
+        score = r["val_acc"]
+        if score > best or (tie_break == "val_loss" and score >= best and r["val_loss"] < best_loss):
+            best, best_loss, best_epoch = score, r["val_loss"], r["epoch"]
+    return best_epoch
+
+
+def test_a_tied_validation_score_goes_to_the_epoch_of_lower_validation_loss(demo_project):
+    """Few validation slides saturate the accuracy in the first epochs; ``tie_break: val_loss``
+    then moves the selection on to the epoch whose validation cross-entropy is lowest, ``none``
+    keeps the first epoch of the best score (the original)."""
+    kw = dict(epochs=6, warmup_epochs=1, freeze_protos_epochs=1, patience=10, save_policy="val_acc", lr=1e-3)
+    _, tied, rows, _, _ = _train(demo_project, "tie_loss", tie_break="val_loss", **kw)
+    _, first, rows_first, _, _ = _train(demo_project, "tie_none", tie_break="none", **kw)
+    assert [r["val_loss"] for r in rows] == [r["val_loss"] for r in rows_first]  # selection only
+    assert tied["best_epoch"] == _replay_selection(rows, "val_loss")
+    assert first["best_epoch"] == _replay_selection(rows, "none")
+    assert tied["best_epoch"] != first["best_epoch"]  # the data of this test does tie
+
+
+def test_validation_loss_is_the_mean_cross_entropy_of_the_true_class():
+    from recomil.training.trainer import improves, validation_loss
+
+    probs = np.array([[0.9, 0.1], [0.2, 0.8], [1.0, 0.0]])
+    assert validation_loss(probs, np.array([0, 1, 0])) == pytest.approx(-(math.log(0.9) + math.log(0.8)) / 3)
+    assert validation_loss(probs, np.array([1, 1, 1])) == pytest.approx(
+        -(math.log(0.1) + math.log(0.8) + math.log(1e-12)) / 3)
+    assert improves("joint", "val_loss", 0.9, 0.3, 0.9, 0.4, 0.0)      # tie, lower loss
+    assert not improves("joint", "val_loss", 0.9, 0.5, 0.9, 0.4, 0.0)  # tie, higher loss
+    assert not improves("joint", "none", 0.9, 0.3, 0.9, 0.4, 0.0)      # the original keeps the first
+    assert not improves("joint", "val_loss", 0.8, 0.1, 0.9, 0.4, 0.0)  # a lower score never wins
+    assert improves("joint", "none", 0.95, 0.9, 0.9, 0.4, 0.0)
+    assert not improves("joint", "val_loss", 0.95, 0.9, 0.9, 0.4, 0.1)  # min_delta blocks small gains
+    assert not improves("train_loss", "val_loss", -1.0, 0.1, -1.0, 0.4, 0.0)  # no validation policy

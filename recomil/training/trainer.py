@@ -75,6 +75,28 @@ def selection_score(policy: str, val_auc: float | None, val_acc: float | None, t
     return math.inf
 
 
+def validation_loss(probs: np.ndarray, labels: np.ndarray) -> float:
+    """Mean cross-entropy ``-log p[y]`` of the validation slides (``probs`` ``[S, C]``, ``labels`` ``[S]``);
+    probabilities are floored at 1e-12 so that a confident mistake costs ~27.6, not infinity."""
+    picked = probs[np.arange(len(labels)), np.asarray(labels, dtype=int)]
+    return float(-np.log(np.maximum(picked, 1e-12)).mean())
+
+
+def improves(policy: str, tie_break: str, score: float, val_loss: float | None, best_score: float,
+             best_val_loss: float, min_delta: float) -> bool:
+    """Whether this epoch becomes the selected model.
+
+    A score above the best by more than ``min_delta`` always does. With ``tie_break: val_loss`` a
+    validation policy also takes an epoch whose score is at least the best one's (on a handful of
+    validation slides the AUC and accuracy saturate, often in the first epochs) and whose
+    validation cross-entropy is lower; ``none`` keeps the first epoch of a tied score (the original).
+    """
+    if policy == "last" or score > best_score + min_delta:
+        return True
+    return (tie_break == "val_loss" and policy in VAL_POLICIES and val_loss is not None
+            and score >= best_score and val_loss < best_val_loss)
+
+
 def member_seed(seed: int, fold: int, member: int) -> int:
     """The torch seed of a fold's ensemble member: ``seed + fold`` for member 0 (a run without an
     ensemble), a draw from ``(seed, fold, member)`` for the others."""
@@ -151,8 +173,8 @@ def train_fold(p: Params, store: FeatureStore, split: dict[str, list[str]],
               file=sys.stderr)
         policy = "last"
     fp = fingerprint(p, split, store, prototypes, member)
-    state = {"epoch": 0, "best_score": -math.inf, "best_epoch": 0, "stale": 0, "best_state": None, "rows": [],
-             "finished": False, "stopped_early": False}
+    state = {"epoch": 0, "best_score": -math.inf, "best_val_loss": math.inf, "best_epoch": 0, "stale": 0,
+             "best_state": None, "rows": [], "finished": False, "stopped_early": False}
     saved = _read_resume(resume_path, fp, device, tag)
     if saved is not None:
         model.load_state_dict(saved["model"])
@@ -247,7 +269,7 @@ def train_fold(p: Params, store: FeatureStore, split: dict[str, list[str]],
                                "fusion_weight": float(torch.stack(fusion).mean()) if fusion else None,
                                "threads": threads,
                                "train_seconds": round(time.perf_counter() - started, 3)}
-        val_auc = val_acc = None
+        val_auc = val_acc = val_loss = None
         if len(val):
             mine = list(range(len(val)))[rank::world]
             local, _ = predict_bags(model, (val.bag(j, device) for j in mine), amp)
@@ -256,10 +278,13 @@ def train_fold(p: Params, store: FeatureStore, split: dict[str, list[str]],
                 probs[idx] = pr
             val_auc = auc_score(val.labels, probs)
             val_acc = float((probs.argmax(1) == val.labels).mean())
-        row.update(val_auc=val_auc, val_acc=val_acc, epoch_seconds=round(time.perf_counter() - started, 3))
+            val_loss = validation_loss(probs, val.labels)
+        row.update(val_auc=val_auc, val_acc=val_acc, val_loss=val_loss,
+                   epoch_seconds=round(time.perf_counter() - started, 3))
         score = selection_score(policy, val_auc, val_acc, row["loss"])
-        if policy == "last" or score > state["best_score"] + p.min_delta:
-            state.update(best_score=score, best_epoch=epoch, stale=0,
+        if improves(policy, p.tie_break, score, val_loss, state["best_score"], state["best_val_loss"], p.min_delta):
+            state.update(best_score=score, best_val_loss=val_loss if val_loss is not None else math.inf,
+                         best_epoch=epoch, stale=0,
                          best_state={k: v.detach().clone() for k, v in model.state_dict().items()})
         elif not p.early_stop_after_warmup or epoch > max(p.warmup_epochs, p.freeze_protos_epochs):
             state["stale"] += 1
