@@ -112,7 +112,7 @@ def main() -> None:
                 print(json.dumps(row), flush=True)
     by = {(r["n"], r["jobs"]): r["seconds"] for r in rows}
     lines = ["# Queued experiments: `dvc queue start -j J` on one machine", "",
-             f"Command: `python benchmarks/dvc_queue.py {' '.join(sys.argv[1:])}`".rstrip() + "` "
+             f"Command: `{' '.join(['python benchmarks/dvc_queue.py', *sys.argv[1:]])}` "
              f"({time.strftime('%Y-%m-%d')}, {os.cpu_count()} cores, {platform.machine()}). Each experiment "
              f"re-runs `train` and `evaluate` of the demo (`-S outlier_alpha_high=...`); the first `dvc repro` "
              f"took {base:.0f} s. `threads`: the torch threads each training took (`threads: 0`).", "",
