@@ -66,6 +66,7 @@ ORIGINAL: dict[str, Any] = {
     "rare_beta_low": 0.0,
     "early_stop_after_warmup": False,   # patience counted from epoch 1
     "tie_break": "none",                # the first epoch of the best validation score is kept
+    "select_after_warmup": False,       # every epoch may be selected, warm-up included
     "amp": "off",                       # float32 training (the original's --fp16 is off by default)
 }
 
@@ -87,7 +88,8 @@ COHORTS: dict[str, dict[str, Any]] = {
 VARIANTS: dict[str, dict[str, Any]] = {
     "recomil": {},
     "recomil-original": ORIGINAL,
-    "recomil-first-tie": {"tie_break": "none"},   # the selection rule before tie_break (the original's)
+    "recomil-all-epochs": {"select_after_warmup": False},  # warm-up epochs may be selected (the original)
+    "recomil-first-tie": {"tie_break": "none", "select_after_warmup": False},  # selection before both
     "recomil-ens3": {"ensemble": 3},              # three models per fold, probabilities averaged
 }
 PROGRAMS = ("original", *VARIANTS)

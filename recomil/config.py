@@ -169,6 +169,7 @@ class Params:
     min_delta: float = 0.0
     save_policy: str = "joint"
     tie_break: str = "val_loss"
+    select_after_warmup: bool = True
     ensemble: int = 1
     amp: str = "auto"
     nproc: int = 1
@@ -228,7 +229,7 @@ def _coerce(key: str, value: Any, default: Any) -> Any:
             return None
         raise ConfigError(f"param {key!r} must not be empty")
     if isinstance(default, bool) or key in {"no_val", "class_weight", "gate_at_eval", "ortho_on_projected",
-                                                      "early_stop_after_warmup", "standardize",
+                                                      "early_stop_after_warmup", "standardize", "select_after_warmup",
                                                       "recalibrate", "use_low_scale"}:
         if not isinstance(value, bool):
             raise ConfigError(f"param {key!r} must be true or false, got {value!r}")

@@ -212,11 +212,11 @@ def test_an_ensemble_trains_members_with_their_own_seeds_and_averages_them(demo_
     assert member_files(paths.MODELS / "fold_0") == [paths.MODELS / "fold_0" / "best.pt"]
 
 
-def _replay_selection(rows, tie_break: str) -> int:
-    """The best epoch by the rule of ``tie_break``, replayed from the logged validation metrics
-    (save_policy val_acc, min_delta 0)."""
+def _replay_selection(rows, tie_break: str, start: int = 1) -> int:
+    """The best epoch by the rule of ``tie_break`` among epochs ``start`` on, replayed from the
+    logged validation metrics (save_policy val_acc, min_delta 0)."""
     best, best_loss, best_epoch = -math.inf, math.inf, 0
-    for r in rows:
+    for r in rows[start - 1:]:
         score = r["val_acc"]
         if score > best or (tie_break == "val_loss" and score >= best and r["val_loss"] < best_loss):
             best, best_loss, best_epoch = score, r["val_loss"], r["epoch"]
@@ -227,7 +227,8 @@ def test_a_tied_validation_score_goes_to_the_epoch_of_lower_validation_loss(demo
     """Few validation slides saturate the accuracy in the first epochs; ``tie_break: val_loss``
     then moves the selection on to the epoch whose validation cross-entropy is lowest, ``none``
     keeps the first epoch of the best score (the original)."""
-    kw = dict(epochs=6, warmup_epochs=1, freeze_protos_epochs=1, patience=10, save_policy="val_acc", lr=1e-3)
+    kw = dict(epochs=6, warmup_epochs=1, freeze_protos_epochs=1, patience=10, save_policy="val_acc", lr=1e-3,
+              select_after_warmup=False)
     _, tied, rows, _, _ = _train(demo_project, "tie_loss", tie_break="val_loss", **kw)
     _, first, rows_first, _, _ = _train(demo_project, "tie_none", tie_break="none", **kw)
     assert [r["val_loss"] for r in rows] == [r["val_loss"] for r in rows_first]  # selection only
@@ -250,3 +251,34 @@ def test_validation_loss_is_the_mean_cross_entropy_of_the_true_class():
     assert improves("joint", "none", 0.95, 0.9, 0.9, 0.4, 0.0)
     assert not improves("joint", "val_loss", 0.95, 0.9, 0.9, 0.4, 0.1)  # min_delta blocks small gains
     assert not improves("train_loss", "val_loss", -1.0, 0.1, -1.0, 0.4, 0.0)  # no validation policy
+
+
+def test_warm_up_epochs_are_not_selected_unless_select_after_warmup_is_false(demo_project):
+    """A warm-up epoch that scores highest on a few validation slides by chance was kept before;
+    with ``select_after_warmup`` the model comes from the epochs after warm-up and freezing, and
+    those epochs alone count towards patience."""
+    kw = dict(epochs=8, warmup_epochs=3, freeze_protos_epochs=4, patience=10, save_policy="val_acc", lr=1e-3,
+              tie_break="none")
+    _, late, rows, _, _ = _train(demo_project, "sel_late", select_after_warmup=True, **kw)
+    _, early, rows_early, _, _ = _train(demo_project, "sel_all", select_after_warmup=False, **kw)
+    assert [r["val_loss"] for r in rows] == [r["val_loss"] for r in rows_early]
+    assert late["best_epoch"] == _replay_selection(rows, "none", start=5) >= 5
+    assert early["best_epoch"] == _replay_selection(rows, "none") < 5  # this data's best score comes early
+    # with patience 2 the late rule stops 2 epochs after its first candidate fails to improve
+    _, short, rows_short, _, _ = _train(demo_project, "sel_pat", select_after_warmup=True,
+                                        **{**kw, "patience": 1, "epochs": 12})
+    assert short["best_epoch"] >= 5 and short["epochs_run"] >= 6
+    # a run that ends within warm-up selects from every epoch
+    _, within, rows_within, _, _ = _train(demo_project, "sel_within", select_after_warmup=True,
+                                          **{**kw, "epochs": 4})
+    assert within["best_epoch"] == _replay_selection(rows_within, "none")
+
+
+def test_selection_start_is_the_epoch_after_warmup_and_freezing_for_validation_policies():
+    from recomil.training.trainer import selection_start
+
+    p = make_params({"warmup_epochs": 12, "freeze_protos_epochs": 14, "epochs": 50})
+    assert selection_start(p, "joint") == 15 and selection_start(p, "val_auc") == 15
+    assert selection_start(p, "train_loss") == 1 and selection_start(p, "last") == 1
+    assert selection_start(dataclasses.replace(p, select_after_warmup=False), "joint") == 1
+    assert selection_start(dataclasses.replace(p, epochs=14), "joint") == 1

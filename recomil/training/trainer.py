@@ -97,6 +97,21 @@ def improves(policy: str, tie_break: str, score: float, val_loss: float | None, 
             and score >= best_score and val_loss < best_val_loss)
 
 
+def selection_start(p: Params, policy: str) -> int:
+    """The first epoch that may become the selected model.
+
+    With ``select_after_warmup`` (default) and a validation policy, the epochs of the learning-rate
+    warm-up and of the frozen prototypes are not candidates (``max(warmup_epochs,
+    freeze_protos_epochs) + 1`` on): on a few validation slides an undertrained warm-up epoch often
+    scores highest by chance and was then kept. When the run has no epoch after them, every epoch
+    is a candidate. ``false``: every epoch, as the original.
+    """
+    boundary = max(p.warmup_epochs, p.freeze_protos_epochs)
+    if p.select_after_warmup and policy in VAL_POLICIES and p.epochs > boundary:
+        return boundary + 1
+    return 1
+
+
 def member_seed(seed: int, fold: int, member: int) -> int:
     """The torch seed of a fold's ensemble member: ``seed + fold`` for member 0 (a run without an
     ensemble), a draw from ``(seed, fold, member)`` for the others."""
@@ -210,6 +225,10 @@ def train_fold(p: Params, store: FeatureStore, split: dict[str, list[str]],
     if main:
         print(f"train: {tag} on {device.type}, autocast {precision_name(amp)} (amp: {p.amp}"
               f"{'; amp: off trains in float32' if amp is not None else ''})", file=sys.stderr)
+    select_from = selection_start(p, policy)
+    if main and select_from > 1:
+        print(f"train: {tag}: the model is selected from epoch {select_from} on, after warm-up and prototype "
+              f"freezing (select_after_warmup: false selects from epoch 1)", file=sys.stderr)
     fold_started = time.perf_counter()
     member_key = [member] if member else []  # member 0 keeps the streams of a run without an ensemble
     first_epoch = p.epochs + 1 if state["finished"] else state["epoch"] + 1
@@ -282,11 +301,13 @@ def train_fold(p: Params, store: FeatureStore, split: dict[str, list[str]],
         row.update(val_auc=val_auc, val_acc=val_acc, val_loss=val_loss,
                    epoch_seconds=round(time.perf_counter() - started, 3))
         score = selection_score(policy, val_auc, val_acc, row["loss"])
-        if improves(policy, p.tie_break, score, val_loss, state["best_score"], state["best_val_loss"], p.min_delta):
+        candidate = epoch >= select_from
+        if candidate and improves(policy, p.tie_break, score, val_loss, state["best_score"], state["best_val_loss"],
+                                  p.min_delta):
             state.update(best_score=score, best_val_loss=val_loss if val_loss is not None else math.inf,
                          best_epoch=epoch, stale=0,
                          best_state={k: v.detach().clone() for k, v in model.state_dict().items()})
-        elif not p.early_stop_after_warmup or epoch > max(p.warmup_epochs, p.freeze_protos_epochs):
+        elif candidate and (not p.early_stop_after_warmup or epoch > max(p.warmup_epochs, p.freeze_protos_epochs)):
             state["stale"] += 1
         row["best_epoch"] = state["best_epoch"]
         state["epoch"] = epoch
