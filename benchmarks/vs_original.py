@@ -363,12 +363,14 @@ def report(records: list[dict[str, Any]]) -> str:
             sd = [float(np.std([runs[s_]["auc"] for s_ in seeds], ddof=1)) if n > 1 else math.nan
                   for runs in (mine, other)]
             cost = [np.mean([runs[s_].get("train_seconds") or math.nan for s_ in seeds]) for runs in (mine, other)]
-            variant_rows.append(f"| {cohort} | {program} | {n} | {m:+.3f} ± {se:.3f} | {sd[0]:.3f} | {sd[1]:.3f} "
-                                f"| {cost[0]:.0f} | {cost[1]:.0f} |")
+            def fmt(x: float, spec: str) -> str:
+                return "-" if not np.isfinite(x) else format(x, spec)
+            variant_rows.append(f"| {cohort} | {program} | {n} | {m:+.3f} ± {fmt(se, '.3f')} | {fmt(sd[0], '.3f')} "
+                                f"| {fmt(sd[1], '.3f')} | {fmt(cost[0], '.0f')} | {fmt(cost[1], '.0f')} |")
     if variant_rows:
         lines += ["", "Defaults against the variants (same cohort and seeds): Δ AUC = recomil (defaults) − variant, "
                   "± its standard error; sd of the test AUC over those seeds; training seconds of the whole "
-                  "result (every member's epochs).", "",
+                  "result (every member's epochs; - where the record predates it).", "",
                   "| cohort | variant | seeds | Δ AUC (recomil − variant) | sd recomil | sd variant | train s recomil "
                   "| train s variant |", "|" + " --- |" * 8, *variant_rows]
     ens = [(program, *row) for program in VARIANTS for row in ensemble_estimates(records, program)]
