@@ -90,7 +90,8 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "recomil-original": ORIGINAL,
     "recomil-all-epochs": {"select_after_warmup": False},  # warm-up epochs may be selected (the original)
     "recomil-first-tie": {"tie_break": "none", "select_after_warmup": False},  # selection before both
-    "recomil-ens3": {"ensemble": 3},              # three models per fold, probabilities averaged
+    "recomil-ens3": {"ensemble": 3},              # three models per fold, each selected on its own validation slides
+    "recomil-ens3-shared": {"ensemble": 3, "ensemble_val": "shared"},  # ... all on the split's validation slides
 }
 PROGRAMS = ("original", *VARIANTS)
 DEFAULT_PROGRAMS = ("original", "recomil", "recomil-original")

@@ -23,6 +23,7 @@ SIMILARITIES = ("l2", "cosine", "dot")
 FUSIONS = ("learned", "confidence", "fixed")
 SAVE_POLICIES = ("val_auc", "val_acc", "joint", "train_loss", "last")
 TIE_BREAKS = ("val_loss", "none")
+ENSEMBLE_VALS = ("resplit", "shared")
 AMP_MODES = ("auto", "bf16", "fp16", "off")
 WANDB_MODES = ("offline", "online", "disabled")
 MODELS = ("recomil", "abmil")
@@ -171,6 +172,7 @@ class Params:
     tie_break: str = "val_loss"
     select_after_warmup: bool = True
     ensemble: int = 1
+    ensemble_val: str = "resplit"
     amp: str = "auto"
     nproc: int = 1
     threads: int = 0
@@ -208,6 +210,7 @@ _CHOICES = {
     "fusion": FUSIONS,
     "save_policy": SAVE_POLICIES,
     "tie_break": TIE_BREAKS,
+    "ensemble_val": ENSEMBLE_VALS,
     "amp": AMP_MODES,
     "wandb_mode": WANDB_MODES,
     "model": MODELS,

@@ -96,3 +96,26 @@ def _check_patients(manifest: pd.DataFrame) -> None:
     bad = mixed[mixed > 1]
     if len(bad):
         raise DataError(f"patient {bad.index[0]!r} has slides in both the train and the test split of the dataset")
+
+
+def member_split(manifest: pd.DataFrame, fold_split: dict[str, list[str]], p: Params, fold: int,
+                 member: int) -> dict[str, list[str]]:
+    """The train/validation slides of ensemble member ``member`` of fold ``fold``.
+
+    Member 0, ``ensemble_val: shared`` and a fold without validation slides keep ``fold_split``.
+    Otherwise the fold's training and validation patients are pooled and ``val_split`` of them is
+    held out again, stratified and patient-grouped, drawn from ``(seed, fold, member)``: each member
+    selects its model on other slides, so the members' selection noise (a handful of validation
+    slides) averages out in the ensemble instead of being shared. The test slides never move.
+    """
+    if member == 0 or p.ensemble_val == "shared" or not fold_split["val"]:
+        return fold_split
+    pool = set(fold_split["train"]) | set(fold_split["val"])
+    rows = manifest[manifest["slide_id"].astype(str).isin(pool)]
+    ids = rows["slide_id"].to_numpy(dtype=str)
+    seed = int(np.random.default_rng([p.seed, fold, member]).integers(2**31))
+    fit, held = _hold_out(ids, rows["label_index"].to_numpy(), rows["patient_id"].to_numpy(dtype=str),
+                          p.val_split, seed)
+    if len(held) == 0 or len(fit) == 0:
+        return fold_split
+    return {**fold_split, "train": sorted(fit.tolist()), "val": sorted(held.tolist())}

@@ -52,3 +52,33 @@ def test_stratified_and_deterministic():
     for f in a:
         labels = m.set_index("slide_id").loc[f["test"], "label_index"]
         assert 0.3 < labels.mean() < 0.7
+
+
+def test_ensemble_members_hold_out_validation_patients_of_their_own():
+    """``ensemble_val: resplit``: member m >= 1 re-draws ``val_split`` of the fold's training and
+    validation patients (stratified, patient-grouped, from (seed, fold, m)); the test slides and the
+    pool never change; member 0 and ``shared`` keep the split stage's partition."""
+    from recomil.split import member_split
+
+    m = _manifest(90)
+    patient = dict(zip(m.slide_id, m.patient_id))
+    label = dict(zip(m.slide_id, m.label_index))
+    p = make_params({"folds": 3, "val_split": 0.2, "ensemble": 3})
+    fold = make_splits(m, p)[1]
+    assert member_split(m, fold, p, 1, 0) is fold
+    assert member_split(m, fold, make_params({"folds": 3, "val_split": 0.2, "ensemble": 3,
+                                              "ensemble_val": "shared"}), 1, 2) is fold
+    members = [member_split(m, fold, p, 1, k) for k in (1, 2)]
+    pool = set(fold["train"]) | set(fold["val"])
+    for ms in members:
+        assert ms["test"] == fold["test"]
+        assert set(ms["train"]) | set(ms["val"]) == pool and not set(ms["train"]) & set(ms["val"])
+        assert not {patient[s] for s in ms["train"]} & {patient[s] for s in ms["val"]}
+        assert abs(len(ms["val"]) - len(fold["val"])) <= 3
+        assert 0.25 < sum(label[s] for s in ms["val"]) / len(ms["val"]) < 0.75
+        assert ms == member_split(m, fold, p, 1, members.index(ms) + 1)  # deterministic
+    assert set(members[0]["val"]) != set(fold["val"]) and set(members[0]["val"]) != set(members[1]["val"])
+    # another fold or seed draws other validation patients
+    assert member_split(m, fold, p, 2, 1)["val"] != members[0]["val"]
+    no_val = {**fold, "train": sorted(pool), "val": []}
+    assert member_split(m, no_val, p, 1, 1) is no_val

@@ -177,7 +177,8 @@ def test_min_delta_zero_keeps_any_strict_improvement(demo_project):
 
 def test_an_ensemble_trains_members_with_their_own_seeds_and_averages_them(demo_project, monkeypatch):
     """``ensemble: 3``: member 0 is exactly the run without an ensemble (same seed streams), the
-    others start from other weights and bag orders; the evaluate stage's test probabilities and
+    others start from other weights and bag orders and select on validation slides of their own
+    (``ensemble_val: resplit``); the evaluate stage's test probabilities and
     attention are the members' means."""
     from recomil.inference import member_files, predict_bags
     from recomil.pipeline import evaluate_stage, train_stage
@@ -191,6 +192,11 @@ def test_an_ensemble_trains_members_with_their_own_seeds_and_averages_them(demo_
     files = member_files(paths.MODELS / "fold_0")
     assert [f.name for f in files] == ["best.pt", "best_m1.pt", "best_m2.pt"]
     assert [m["member"] for m in summary["folds"][0]["members"]] == [1, 2]
+    fold = load_split(paths.SPLIT)[0]
+    vals = [summary["folds"][0]["val_slides"], *(m["val_slides"] for m in summary["folds"][0]["members"])]
+    assert vals[0] == fold["val"]  # member 0 on the split stage's validation slides
+    assert vals[1] != vals[0] and vals[2] != vals[1]  # ensemble_val: resplit
+    assert all(not set(v) & set(fold["test"]) for v in vals)
     states = [torch.load(f, weights_only=True)["state_dict"] for f in files]
     assert all(torch.equal(single[k], states[0][k]) for k in single)  # member 0 = the plain run
     w = "branches.high.proj_x.0.weight"

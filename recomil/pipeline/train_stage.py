@@ -18,6 +18,7 @@ from recomil.data.store import FeatureStore
 from recomil.pipeline import paths
 from recomil.pipeline.data_stages import load_split
 from recomil.pipeline.prototypes_stage import load_prototypes
+from recomil.split import member_split
 from recomil.training import distributed as ddp
 from recomil.training.threads import register as register_training
 from recomil.training.tracking import Tracker, experiment_name
@@ -37,7 +38,9 @@ def _launch_torchrun(nproc: int) -> dict[str, Any]:
 def run_train(p: Params, progress: bool = True) -> dict[str, Any]:
     """Train every fold; write ``models/fold_<k>/best.pt``, ``models/summary.json`` and the
     per-epoch log ``results/train_log/fold_<k>.csv``; with ``ensemble`` M > 1 also the members
-    ``models/fold_<k>/best_m<m>.pt`` and ``results/train_log/fold_<k>_m<m>.csv`` (m = 1 .. M-1).
+    ``models/fold_<k>/best_m<m>.pt`` and ``results/train_log/fold_<k>_m<m>.csv`` (m = 1 .. M-1), each
+    member selected on validation slides of its own with ``ensemble_val: resplit``
+    (:func:`recomil.split.member_split`).
 
     With ``nproc`` > 1 and not already under torchrun, the stage relaunches itself with
     ``torchrun --standalone --nproc_per_node nproc`` (one machine); for several machines start
@@ -84,8 +87,16 @@ def _train_all(p: Params, progress: bool) -> dict[str, Any]:
                               wandb_dir=paths.WANDB_DIR, run_id=run_id)
             resume = paths.RESUME / f"fold_{k}{tail}.pt"
             try:
-                summary = train_fold(p, store, split, protos, paths.MODELS / f"fold_{k}", resume, tracker, k,
+                msplit = member_split(store.manifest, split, p, k, m)
+                if main and msplit is not split:
+                    same = len(set(msplit["val"]) & set(split["val"]))
+                    print(f"train: fold {k} member {m} selects on validation slides of its own "
+                          f"({len(msplit['val'])}, ensemble_val: resplit; {same} shared with member 0)",
+                          file=sys.stderr)
+                summary = train_fold(p, store, msplit, protos, paths.MODELS / f"fold_{k}", resume, tracker, k,
                                      progress, member=m)
+                if p.ensemble > 1:
+                    summary["val_slides"] = msplit["val"]
                 tracker.summary({"best_epoch": summary["best_epoch"], "best_score": summary["best_score"]})
                 tracker.artifact(f"recomil-fold{k}{tail}-best", "model",
                                  paths.MODELS / f"fold_{k}" / member_file(m))
