@@ -90,6 +90,9 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "recomil-original": ORIGINAL,
     "recomil-all-epochs": {"select_after_warmup": False},  # warm-up epochs may be selected (the original)
     "recomil-first-tie": {"tie_break": "none", "select_after_warmup": False},  # selection before both
+    "recomil-raw": {"standardize": False},      # raw features into k-means and the model (the original)
+    "recomil-minibatch": {"kmeans_algorithm": "minibatch"},  # the original's mini-batch k-means
+    "recomil-no-rare": {"rare_beta_high": 0.0, "rare_beta_low": 0.0},  # no rare-prototype weights (the original)
     "recomil-ens3": {"ensemble": 3},              # three models per fold, each selected on its own validation slides
     "recomil-ens3-shared": {"ensemble": 3, "ensemble_val": "shared"},  # ... all on the split's validation slides
 }
