@@ -95,8 +95,6 @@ def _train_all(p: Params, progress: bool) -> dict[str, Any]:
                           file=sys.stderr)
                 summary = train_fold(p, store, msplit, protos, paths.MODELS / f"fold_{k}", resume, tracker, k,
                                      progress, member=m)
-                if p.ensemble > 1:
-                    summary["val_slides"] = msplit["val"]
                 tracker.summary({"best_epoch": summary["best_epoch"], "best_score": summary["best_score"]})
                 tracker.artifact(f"recomil-fold{k}{tail}-best", "model",
                                  paths.MODELS / f"fold_{k}" / member_file(m))

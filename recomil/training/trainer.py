@@ -332,6 +332,8 @@ def train_fold(p: Params, store: FeatureStore, split: dict[str, list[str]],
     summary = {"fold": fold, "member": member, "best_epoch": state["best_epoch"], "best_score": state["best_score"],
                "epochs_run": state["epoch"], "stopped_early": state["stopped_early"], "save_policy": policy,
                "threads": threads, "precision": precision_name(amp)}
+    if p.ensemble > 1:  # members may select on validation slides of their own (ensemble_val: resplit)
+        summary["val_slides"] = list(split["val"])
     if main:
         save_model(out_dir / member_file(member), best, mp, store.classes, {"summary": summary})
         print(f"{tag}: {state['epoch']} epochs{' (early stop)' if state['stopped_early'] else ''}, "
