@@ -380,7 +380,9 @@ def report(records: list[dict[str, Any]]) -> str:
     ens = [(program, *row) for program in VARIANTS for row in ensemble_estimates(records, program)]
     if ens:
         lines += ["", "Averaging seeds (what `ensemble: M` buys, estimated from the recorded test probabilities of "
-                  "a program's seed runs; each seed run also drew its own validation split, as the further members of a real ensemble with `ensemble_val: resplit` do; the subsets overlap, so their sd understates the spread of independent ensembles): test AUC of "
+                  "a program's seed runs; each seed run also drew its own validation split, as the further "
+                  "members of a real ensemble with `ensemble_val: resplit` do; the subsets overlap, so their sd "
+                  "understates the spread of independent ensembles): test AUC of "
                   "single runs against that of the M-seed mean probability, over every M-subset of the seeds.", "",
                   "| cohort | program | M | subsets | single-run AUC (mean ± sd) | M-seed mean-probability AUC "
                   "(mean ± sd) |", "| --- | --- | --- | --- | --- | --- |"]
