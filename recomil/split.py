@@ -12,6 +12,7 @@ Validation is ``val_split`` of each fold's training patients (none with ``no_val
 
 from __future__ import annotations
 
+import sys
 import warnings
 
 import numpy as np
@@ -117,5 +118,8 @@ def member_split(manifest: pd.DataFrame, fold_split: dict[str, list[str]], p: Pa
     fit, held = _hold_out(ids, rows["label_index"].to_numpy(), rows["patient_id"].to_numpy(dtype=str),
                           p.val_split, seed)
     if len(held) == 0 or len(fit) == 0:
+        print(f"warning: train: fold {fold} member {member}: too few patients to hold out validation slides of "
+              f"its own; it selects on the split stage's validation slides (as ensemble_val: shared)",
+              file=sys.stderr)
         return fold_split
     return {**fold_split, "train": sorted(fit.tolist()), "val": sorted(held.tolist())}
