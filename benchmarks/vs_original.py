@@ -95,6 +95,8 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "recomil-no-rare": {"rare_beta_high": 0.0, "rare_beta_low": 0.0},  # no rare-prototype weights (the original)
     "recomil-ens3": {"ensemble": 3},              # three models per fold, each selected on its own validation slides
     "recomil-ens3-shared": {"ensemble": 3, "ensemble_val": "shared"},  # ... all on the split's validation slides
+    "recomil-ema2": {"ema_epochs": 2.0},          # validate, select and save the weights' moving average (2 epochs)
+    "recomil-ema5": {"ema_epochs": 5.0},          # ... with a 5-epoch time constant
 }
 PROGRAMS = ("original", *VARIANTS)
 DEFAULT_PROGRAMS = ("original", "recomil", "recomil-original")

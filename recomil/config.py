@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -173,6 +174,7 @@ class Params:
     select_after_warmup: bool = True
     ensemble: int = 1
     ensemble_val: str = "resplit"
+    ema_epochs: float = 0.0
     amp: str = "auto"
     nproc: int = 1
     threads: int = 0
@@ -285,6 +287,9 @@ def _validate(p: Params) -> None:
     if not 1 <= p.ensemble <= 64:
         raise ConfigError(f"param 'ensemble' must lie in [1, 64] (models trained per fold, their test "
                           f"probabilities averaged), got {p.ensemble}")
+    if not (math.isfinite(p.ema_epochs) and p.ema_epochs >= 0):
+        raise ConfigError(f"param 'ema_epochs' must be 0 (off) or a positive number of epochs (the time "
+                          f"constant of the weight average that is validated and saved), got {p.ema_epochs}")
     if not 0 <= p.seed < 2**32:
         raise ConfigError(f"param 'seed' must lie in [0, 2**32), got {p.seed}")
     for s in SCALES:

@@ -45,8 +45,9 @@ def test_stages_write_their_outputs(project, tiny_params):
     assert list((project / "wandb").glob("offline-run-*")), "wandb offline run directory missing"
 
 
-def test_training_is_deterministic_and_resumes_exactly(project, tiny_params, monkeypatch):
-    p = tiny_params
+@pytest.mark.parametrize("ema_epochs", [0.0, 1.0])
+def test_training_is_deterministic_and_resumes_exactly(project, tiny_params, monkeypatch, ema_epochs):
+    p = dataclasses.replace(tiny_params, ema_epochs=ema_epochs)  # 1.0: the weight average resumes too
     prepare_demo(p)
     train_stage.run_train(p, progress=False)
     first = evaluate_stage.run_evaluate(p)

@@ -288,3 +288,59 @@ def test_selection_start_is_the_epoch_after_warmup_and_freezing_for_validation_p
     assert selection_start(p, "train_loss") == 1 and selection_start(p, "last") == 1
     assert selection_start(dataclasses.replace(p, select_after_warmup=False), "joint") == 1
     assert selection_start(dataclasses.replace(p, epochs=14), "joint") == 1
+
+
+def test_ema_decay_is_one_time_constant_of_ema_epochs_epochs():
+    from recomil.training.trainer import ema_decay
+
+    assert ema_decay(2.0, 50) == pytest.approx(1 - 1 / 100)
+    assert ema_decay(0.5, 10) == pytest.approx(1 - 1 / 5)
+    assert ema_decay(0.01, 10) == 0.0  # under one step: the current weights
+
+
+def test_ema_epochs_validates_selects_and_saves_the_moving_average_of_the_weights(demo_project, monkeypatch):
+    """``ema_epochs: E``: after every optimiser step the average moves ``1 / (E * steps per epoch)``
+    of the way to the weights (the first step copies them); the validation metrics, the selection and
+    ``best.pt`` are those of the average at the selected epoch, the training itself is unchanged."""
+    from torch.optim.swa_utils import AveragedModel
+
+    from recomil.inference import predict_bags
+    from recomil.training.device import autocast_dtype
+    from recomil.training.trainer import validation_loss
+
+    seen: list[dict[str, torch.Tensor]] = []
+    update = AveragedModel.update_parameters
+
+    def record(self, model):
+        seen.append({k: v.detach().clone() for k, v in model.named_parameters()})
+        return update(self, model)
+
+    monkeypatch.setattr(AveragedModel, "update_parameters", record)
+    kw = dict(epochs=4, warmup_epochs=1, freeze_protos_epochs=1, patience=10, save_policy="joint", lr=3e-3,
+              select_after_warmup=False)
+    p, summary, rows, best, resume = _train(demo_project, "ema", ema_epochs=1.5, **kw)
+    steps = len(BagSet(FeatureStore(demo_project / paths.STORE),
+                       load_split(demo_project / paths.SPLIT)[0]["train"]))
+    assert len(seen) == 4 * steps
+    decay = 1 - 1 / (1.5 * steps)
+    ema = {k: v.clone() for k, v in seen[0].items()}
+    per_epoch = []
+    for i, w in enumerate(seen[1:], start=2):
+        for k in ema:
+            ema[k] = decay * ema[k] + (1 - decay) * w[k]
+        if i % steps == 0:
+            per_epoch.append({k: v.clone() for k, v in ema.items()})
+    saved = torch.load(best, weights_only=True)["state_dict"]
+    chosen = per_epoch[summary["best_epoch"] - 1]
+    assert all(torch.allclose(saved[k], chosen[k], atol=1e-6) for k in chosen)
+    last = resume["model"]
+    assert not all(torch.allclose(saved[k], last[k], atol=1e-4) for k in chosen)  # not the raw weights
+    # the logged validation loss of the selected epoch is the average's
+    model, _, _ = load_model(best)
+    val = BagSet(FeatureStore(demo_project / paths.STORE), load_split(demo_project / paths.SPLIT)[0]["val"])
+    probs, _ = predict_bags(model, [val.bag(j) for j in range(len(val))], autocast_dtype(p.amp, torch.device("cpu")))
+    assert validation_loss(probs, val.labels) == pytest.approx(rows[summary["best_epoch"] - 1]["val_loss"], rel=1e-4)
+    # the weights trained are those of a run without the average
+    monkeypatch.setattr(AveragedModel, "update_parameters", update)
+    _, _, _, _, plain = _train(demo_project, "no_ema", **kw)
+    assert all(torch.equal(plain["model"][k], last[k]) for k in last)

@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
 from recomil.config import Params
@@ -112,6 +113,33 @@ def selection_start(p: Params, policy: str) -> int:
     return 1
 
 
+def ema_decay(ema_epochs: float, steps_per_epoch: int) -> float:
+    """Per-step decay of the weight average whose time constant is ``ema_epochs`` epochs of
+    ``steps_per_epoch`` optimiser steps: ``1 - 1 / (ema_epochs * steps_per_epoch)`` (0 when that is
+    below one step: the average is then the current weights)."""
+    return max(0.0, 1.0 - 1.0 / (ema_epochs * max(1, steps_per_epoch)))
+
+
+def weight_average(model: MILClassifier, p: Params, steps_per_epoch: int) -> AveragedModel | None:
+    """The exponential moving average of ``model``'s parameters (``ema_epochs`` > 0), else None.
+
+    torch's :class:`~torch.optim.swa_utils.AveragedModel`: the first update copies the weights,
+    each later one moves the average ``1 - decay`` of the way to them. Buffers (temperature,
+    standardisation statistics, rare weights) are not averaged: :func:`sync_buffers` copies them.
+    """
+    if p.ema_epochs <= 0:
+        return None
+    decay = ema_decay(p.ema_epochs, steps_per_epoch)
+    return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=False)
+
+
+def sync_buffers(average: AveragedModel, model: MILClassifier) -> MILClassifier:
+    """Copy ``model``'s buffers into the averaged module and return that module."""
+    for mine, theirs in zip(average.module.buffers(), model.buffers(), strict=True):
+        mine.copy_(theirs)
+    return average.module
+
+
 def member_seed(seed: int, fold: int, member: int) -> int:
     """The torch seed of a fold's ensemble member: ``seed + fold`` for member 0 (a run without an
     ensemble), a draw from ``(seed, fold, member)`` for the others."""
@@ -181,6 +209,8 @@ def train_fold(p: Params, store: FeatureStore, split: dict[str, list[str]],
     opt = torch.optim.Adam(model.parameters(), lr=p.lr, weight_decay=p.weight_decay, fused=True)
     scaler = torch.amp.GradScaler("cuda", enabled=amp == torch.float16)
     train, val = BagSet(store, split["train"], mp.scales), BagSet(store, split["val"], mp.scales)
+    # the weights validated, selected and saved: their moving average (ema_epochs > 0) or the weights
+    average = weight_average(model, p, len(ddp.shard(np.arange(len(train)), rank, world)))
     weight = class_weights(train.labels, mp.num_classes).to(device) if p.class_weight else None
     policy = p.save_policy
     if policy in VAL_POLICIES and len(val) == 0:
@@ -194,6 +224,8 @@ def train_fold(p: Params, store: FeatureStore, split: dict[str, list[str]],
     if saved is not None:
         model.load_state_dict(saved["model"])
         opt.load_state_dict(saved["optimizer"])
+        if average is not None:
+            average.load_state_dict(saved["average"])
         torch.set_rng_state(saved["rng"])
         if saved.get("cuda_rng") is not None and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(saved["cuda_rng"])
@@ -210,6 +242,7 @@ def train_fold(p: Params, store: FeatureStore, split: dict[str, list[str]],
             _atomic_save({"fingerprint": fp, "model": model.state_dict(), "optimizer": opt.state_dict(),
                           "rng": torch.get_rng_state(), "scaler": scaler.state_dict(),
                           "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+                          "average": average.state_dict() if average is not None else None,
                           "state": state}, resume_path)
 
     threads, share = None, None
@@ -273,6 +306,8 @@ def train_fold(p: Params, store: FeatureStore, split: dict[str, list[str]],
                 torch.nn.utils.clip_grad_norm_(model.parameters(), p.grad_clip)
             scaler.step(opt)
             scaler.update()
+            if average is not None:
+                average.update_parameters(model)
             if check_sync:
                 ddp.check_in_sync(model)
             sums["ce"] += ce.detach()
@@ -289,9 +324,10 @@ def train_fold(p: Params, store: FeatureStore, split: dict[str, list[str]],
                                "threads": threads,
                                "train_seconds": round(time.perf_counter() - started, 3)}
         val_auc = val_acc = val_loss = None
+        judged = sync_buffers(average, model) if average is not None else model
         if len(val):
             mine = list(range(len(val)))[rank::world]
-            local, _ = predict_bags(model, (val.bag(j, device) for j in mine), amp)
+            local, _ = predict_bags(judged, (val.bag(j, device) for j in mine), amp)
             probs = np.zeros((len(val), mp.num_classes))
             for idx, pr in ddp.gather_objects((mine, local)):
                 probs[idx] = pr
@@ -306,7 +342,7 @@ def train_fold(p: Params, store: FeatureStore, split: dict[str, list[str]],
                                   p.min_delta):
             state.update(best_score=score, best_val_loss=val_loss if val_loss is not None else math.inf,
                          best_epoch=epoch, stale=0,
-                         best_state={k: v.detach().clone() for k, v in model.state_dict().items()})
+                         best_state={k: v.detach().clone() for k, v in judged.state_dict().items()})
         elif candidate and (not p.early_stop_after_warmup or epoch > max(p.warmup_epochs, p.freeze_protos_epochs)):
             state["stale"] += 1
         row["best_epoch"] = state["best_epoch"]
@@ -328,10 +364,10 @@ def train_fold(p: Params, store: FeatureStore, split: dict[str, list[str]],
     if share is not None:
         share.close()
     best = copy.deepcopy(model)
-    best.load_state_dict(state["best_state"])
+    best.load_state_dict(state["best_state"])  # the selected epoch's weights (their average with ema_epochs)
     summary = {"fold": fold, "member": member, "best_epoch": state["best_epoch"], "best_score": state["best_score"],
                "epochs_run": state["epoch"], "stopped_early": state["stopped_early"], "save_policy": policy,
-               "threads": threads, "precision": precision_name(amp)}
+               "threads": threads, "precision": precision_name(amp), "ema_epochs": p.ema_epochs}
     if p.ensemble > 1:  # members may select on validation slides of their own (ensemble_val: resplit)
         summary["val_slides"] = list(split["val"])
     if main:
