@@ -97,6 +97,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "recomil-ens3-shared": {"ensemble": 3, "ensemble_val": "shared"},  # ... all on the split's validation slides
     "recomil-ema2": {"ema_epochs": 2.0},          # validate, select and save the weights' moving average (2 epochs)
     "recomil-ema5": {"ema_epochs": 5.0},          # ... with a 5-epoch time constant
+    "recomil-val20": {"val_split": 0.2},          # twice the validation patients (12 of c768's 60 slides)
 }
 PROGRAMS = ("original", *VARIANTS)
 DEFAULT_PROGRAMS = ("original", "recomil", "recomil-original")
