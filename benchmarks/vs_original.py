@@ -81,7 +81,14 @@ COHORTS: dict[str, dict[str, Any]] = {
     "c128-a": {**_C128, "demo_seed": 102},
     "c128-b": {**_C128, "demo_seed": 103},
     "c128-rare": {**_C128, "demo_seed": 104, "demo_tumour_min": 0.002, "demo_tumour_max": 0.02},
+    # the classic MIL sets of --data-root, one fixed stratified train/test split each; the original
+    # trains dual-scale only (its single-scale path fails, docs/method.md), so both programs read
+    # each bag's features at both scales
+    "musk1": {"classic": "musk1", "test_share": 0.3, "split_seed": 0},
+    "elephant": {"classic": "elephant", "test_share": 0.3, "split_seed": 0},
 }
+#: where the classic sets live (``--data-root``)
+DATA_ROOT = [REPO.parent / "shared" / "data"]
 #: recomil's programs: the params each one sets over params.yaml's defaults. ``recomil`` is the
 #: defaults as shipped; the others isolate one default (its paired difference to ``recomil`` on the
 #: same cohort and seed is the evidence for that default) or a costlier option.
@@ -111,8 +118,60 @@ def make_cohort(name: str, work: Path) -> Path:
 
     root = work / "cohorts" / name
     if not (root / "test_labels.csv").is_file():
-        make_demo(make_params(COHORTS[name]), root)
+        if "classic" in COHORTS[name]:
+            write_classic(COHORTS[name], DATA_ROOT[0] / COHORTS[name]["classic"], root)
+        else:
+            make_demo(make_params(COHORTS[name]), root)
     return root
+
+
+def write_classic(c: dict[str, Any], src: Path, root: Path) -> None:
+    """A classic MIL set (``features/<bag>.npy`` and ``labels.csv``, labels 0/1) in the original's
+    C16 layout: a stratified ``test_share`` of the bags (drawn from ``split_seed``) as ``test``,
+    the others as ``train/tumor`` and ``train/normal``; every bag written at both scales."""
+    import pickle
+
+    import pandas as pd
+
+    if not (src / "labels.csv").is_file():
+        raise SystemExit(f"vs_original: {src / 'labels.csv'} not found (pass --data-root, the folder that "
+                         f"holds {c['classic']}/)")
+    labels = pd.read_csv(src / "labels.csv")
+    rng = np.random.default_rng(c["split_seed"])
+    test = set()
+    for y in (0, 1):
+        ids = labels.loc[labels["label"] == y, "slide_id"].astype(str).to_numpy()
+        test |= set(rng.permutation(ids)[:round(c["test_share"] * len(ids))])
+    tmp = root.with_name(root.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    for sub in ("train/tumor", "train/normal", "test"):
+        (tmp / sub).mkdir(parents=True)
+    train_ids, test_rows = [], []
+    for sid, y in zip(labels["slide_id"].astype(str), labels["label"].astype(int)):
+        x = np.load(src / "features" / f"{sid}.npy", allow_pickle=False).astype(np.float32)
+        if sid in test:
+            name, folder = f"test_{sid}", tmp / "test"
+            test_rows.append(f"{name},{y}\n")
+        else:
+            name, folder = f"{'tumor' if y else 'normal'}_{sid}", tmp / "train" / ("tumor" if y else "normal")
+            train_ids.append(name)
+        items = [{"feature": v, "coords": np.array([0, 64 * i], dtype=np.int64)} for i, v in enumerate(x)]
+        for scale in ("high", "low"):
+            with open(folder / f"{name}_{scale}_feature_ctrans.pkl", "wb") as fh:
+                pickle.dump(items, fh, protocol=4)
+    (tmp / "train_list.txt").write_text("".join(f"{t}\n" for t in rng.permutation(train_ids)))
+    (tmp / "test_labels.csv").write_text("slide,label\n" + "".join(test_rows))
+    shutil.rmtree(root, ignore_errors=True)
+    tmp.rename(root)
+
+
+def cohort_dim(name: str) -> int:
+    """Feature width of a cohort."""
+    c = COHORTS[name]
+    if "demo_feat_dim" in c:
+        return c["demo_feat_dim"]
+    first = min((DATA_ROOT[0] / c["classic"] / "features").glob("*.npy"))
+    return int(np.load(first, mmap_mode="r", allow_pickle=False).shape[1])
 
 
 # ----------------------------------------------------------------------------- running units
@@ -254,7 +313,7 @@ def run_unit(cohort_name: str, program: str, seed: int, work: Path, original: Pa
     shutil.rmtree(unit, ignore_errors=True)
     unit.mkdir(parents=True)
     if program == "original":
-        rec = run_original(cohort, COHORTS[cohort_name]["demo_feat_dim"], seed, unit, original, threads)
+        rec = run_original(cohort, cohort_dim(cohort_name), seed, unit, original, threads)
     else:
         rec = run_recomil(cohort, seed, unit, VARIANTS[program], threads)
     rec = {"cohort": cohort_name, "program": program, "seed": seed, "threads": threads, **rec}
@@ -393,6 +452,11 @@ def report(records: list[dict[str, Any]]) -> str:
                   for pr, c, m, n, a, sa, b, sb in ens]
     lines += ["", "Cohorts (demo generator settings, original's C16 pkl layout):", ""]
     for name, c in COHORTS.items():
+        if "classic" in c:
+            lines.append(f"- `{name}`: the classic MIL set `{c['classic']}` (`--data-root`), a fixed stratified "
+                         f"{100 * c['test_share']:.0f} % of its bags as test (split seed {c['split_seed']}); the "
+                         f"original trains dual-scale only, so both programs read every bag at both scales.")
+            continue
         lines.append(f"- `{name}`: D {c['demo_feat_dim']}, {c['demo_train_slides']} training / "
                      f"{c['demo_test_slides']} test slides, {c['demo_min_patches']}–{c['demo_max_patches']} "
                      f"high-magnification patches, tumour {100 * c['demo_tumour_min']:.1f}–"
@@ -413,6 +477,7 @@ def main() -> None:
     ap.add_argument("--programs", nargs="*", default=list(DEFAULT_PROGRAMS), choices=list(PROGRAMS))
     ap.add_argument("--seeds", nargs="*", type=int, default=[1, 2, 3, 4, 5])
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--data-root", type=Path, default=DATA_ROOT[0], help="folder holding musk1/ and elephant/")
     ap.add_argument("--work", type=Path, default=Path(os.environ.get("TMPDIR", "/tmp")) / "recomil-vs-original")
     ap.add_argument("--report-only", action="store_true")
     ap.add_argument("--results", type=Path, help="keep the unit records and the report in this folder instead of "
@@ -423,6 +488,7 @@ def main() -> None:
     if args.results:
         global CACHE, REPORT, META
         CACHE, REPORT, META = args.results / "units", args.results / "vs_original.md", args.results / "meta.json"
+    DATA_ROOT[0] = args.data_root.resolve()
     if args.recomil_child:
         return recomil_child(args.recomil_child)
     if args.original_predict:
