@@ -52,3 +52,35 @@ def test_a_folder_that_is_not_the_original_is_refused(tmp_path, monkeypatch):
     monkeypatch.setattr(sys, "argv", ["vs_original.py", "--original", str(tmp_path)])
     with pytest.raises(SystemExit, match="not a checkout of zsszc/ReCo-MIL"):
         vs.main()
+
+
+def test_a_classic_set_is_written_in_the_originals_layout_with_a_stratified_test_split(tmp_path, monkeypatch):
+    import numpy as np
+
+    from recomil.data.readers import _read_pkl
+
+    src = tmp_path / "toy"
+    (src / "features").mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    labels = [1] * 10 + [0] * 20
+    bags = {}
+    for i in range(len(labels)):
+        bags[f"b{i:02d}"] = rng.normal(size=(int(rng.integers(2, 6)), 7)).astype(np.float32)
+        np.save(src / "features" / f"b{i:02d}.npy", bags[f"b{i:02d}"])
+    (src / "labels.csv").write_text("slide_id,label\n" + "".join(f"b{i:02d},{y}\n" for i, y in enumerate(labels)))
+    monkeypatch.setitem(vs.COHORTS, "toy", {"classic": "toy", "test_share": 0.3, "split_seed": 0})
+    monkeypatch.setattr(vs, "DATA_ROOT", [tmp_path])
+    root = vs.make_cohort("toy", tmp_path / "work")
+    assert vs.cohort_dim("toy") == 7
+    test = dict(line.split(",") for line in (root / "test_labels.csv").read_text().split()[1:])
+    assert sorted(test.values()).count("1") == 3 and sorted(test.values()).count("0") == 6  # 30 % of each class
+    train = (root / "train_list.txt").read_text().split()
+    assert len(train) == 21 and not {t.split("_", 1)[1] for t in train} & {t.split("_", 1)[1] for t in test}
+    assert {t.split("_")[0] for t in train} == {"tumor", "normal"}
+    for name in train[:3]:
+        sid, y = name.split("_", 1)[1], name.split("_")[0]
+        for scale in ("high", "low"):
+            feats = _read_pkl(root / "train" / y / f"{name}_{scale}_feature_ctrans.pkl").features
+            assert np.array_equal(feats, bags[sid])  # the same features at both scales
+        assert (y == "tumor") == (labels[int(sid[1:])] == 1)
+    assert vs.make_cohort("toy", tmp_path / "work") == root  # written once
