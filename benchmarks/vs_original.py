@@ -12,7 +12,10 @@ original's units are skipped with a message and only recomil's are run.
 
 Cohorts are written by recomil's demo generator in the original's own Camelyon16 pkl layout
 (``train/tumor``, ``train/normal``, ``test``, ``{slide}_{high,low}_feature_ctrans.pkl``, a
-``train_list.txt`` and ``test_labels.csv``), so that both programs read the very same files.
+``train_list.txt`` and ``test_labels.csv``), so that both programs read the very same files;
+``musk1`` and ``elephant`` are the classic MIL sets under ``--data-root`` (default
+``../shared/data``) written in the same layout with a fixed stratified 30 % test split, every
+bag at both scales (the original trains dual-scale only).
 Each unit is one (cohort, program, seed):
 
 - ``original``: the original's ``minibatch_kmeans_recomil.py`` per scale on the training list
