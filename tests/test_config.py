@@ -40,7 +40,8 @@ def test_data_keys_the_dataset_does_not_read_are_an_error(dataset, key):
 
 
 @pytest.mark.parametrize("key,value", [("fusion", "mean"), ("epochs", 0), ("lr", "fast"), ("folds", 1),
-                                       ("num_protos_high", 4), ("no_val", "yes")])
+                                       ("num_protos_high", 4), ("no_val", "yes"),
+                                       ("ema_epochs", -1.0), ("ema_epochs", float("nan")), ("ensemble", 0)])
 def test_bad_values_are_refused(key, value):
     with pytest.raises(ConfigError, match=key):
         make_params({key: value})
