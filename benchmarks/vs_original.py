@@ -132,9 +132,9 @@ def write_classic(c: dict[str, Any], src: Path, root: Path) -> None:
     """A classic MIL set (``features/<bag>.npy`` and ``labels.csv``, labels 0/1) in the original's
     C16 layout: a stratified ``test_share`` of the bags (drawn from ``split_seed``) as ``test``,
     the others as ``train/tumor`` and ``train/normal``; every bag written at both scales."""
-    import pickle
-
     import pandas as pd
+
+    from recomil.data.demo import _write_pkl as write_pkl  # the demo's writer of the original's pkl layout
 
     if not (src / "labels.csv").is_file():
         raise SystemExit(f"vs_original: {src / 'labels.csv'} not found (pass --data-root, the folder that "
@@ -158,10 +158,9 @@ def write_classic(c: dict[str, Any], src: Path, root: Path) -> None:
         else:
             name, folder = f"{'tumor' if y else 'normal'}_{sid}", tmp / "train" / ("tumor" if y else "normal")
             train_ids.append(name)
-        items = [{"feature": v, "coords": np.array([0, 64 * i], dtype=np.int64)} for i, v in enumerate(x)]
+        coords = np.stack([np.zeros(len(x)), 64 * np.arange(len(x))], axis=1)
         for scale in ("high", "low"):
-            with open(folder / f"{name}_{scale}_feature_ctrans.pkl", "wb") as fh:
-                pickle.dump(items, fh, protocol=4)
+            write_pkl(folder / f"{name}_{scale}_feature_ctrans.pkl", x, coords)
     (tmp / "train_list.txt").write_text("".join(f"{t}\n" for t in rng.permutation(train_ids)))
     (tmp / "test_labels.csv").write_text("slide,label\n" + "".join(test_rows))
     shutil.rmtree(root, ignore_errors=True)
