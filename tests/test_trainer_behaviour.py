@@ -243,6 +243,18 @@ def test_a_tied_validation_score_goes_to_the_epoch_of_lower_validation_loss(demo
     assert tied["best_epoch"] != first["best_epoch"]  # the data of this test does tie
 
 
+def test_save_policy_val_loss_selects_the_epoch_of_lowest_validation_cross_entropy(demo_project):
+    """``save_policy: val_loss`` keeps the candidate epoch of lowest validation loss (from the first
+    epoch after warm-up and freezing) and counts patience against it."""
+    kw = dict(epochs=7, warmup_epochs=2, freeze_protos_epochs=2, patience=3, save_policy="val_loss", lr=3e-3)
+    _, summary, rows, best, _ = _train(demo_project, "val_loss", **kw)
+    losses = {r["epoch"]: r["val_loss"] for r in rows if r["epoch"] >= 3}
+    assert summary["best_epoch"] == min(losses, key=losses.get)
+    assert summary["best_score"] == pytest.approx(-losses[summary["best_epoch"]])
+    since = [e for e in losses if e > summary["best_epoch"]]
+    assert summary["stopped_early"] == (len(since) >= 3) and len(since) <= 3
+
+
 def test_validation_loss_is_the_mean_cross_entropy_of_the_true_class():
     from recomil.training.trainer import improves, validation_loss
 

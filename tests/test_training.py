@@ -20,6 +20,9 @@ def test_selection_scores():
     assert selection_score("joint", 0.8, 0.6, 1.0) == pytest.approx(0.7)
     assert selection_score("joint", None, 0.6, 1.0) == pytest.approx(0.3)
     assert selection_score("train_loss", 0.8, 0.6, 0.25) == -0.25
+    # val_loss: the lower validation cross-entropy is the better score, whatever AUC and accuracy say
+    assert selection_score("val_loss", 0.5, 0.5, 1.0, 0.2) > selection_score("val_loss", 1.0, 1.0, 0.1, 0.3)
+    assert selection_score("val_loss", 0.8, 0.6, 1.0, 0.3) == -0.3
     # lower training loss is the better score
     assert selection_score("train_loss", None, None, 0.2) > selection_score("train_loss", None, None, 0.3)
 

@@ -46,7 +46,7 @@ from recomil.training.schedule import lr_factor, temperature
 from recomil.training.threads import ThreadShare, running_trainings, usable_cores
 from recomil.training.tracking import Tracker
 
-VAL_POLICIES = ("val_auc", "val_acc", "joint")
+VAL_POLICIES = ("val_auc", "val_acc", "joint", "val_loss")
 
 
 def model_params(p: Params, store: FeatureStore) -> Params:
@@ -62,15 +62,20 @@ def class_weights(labels: np.ndarray, num_classes: int) -> torch.Tensor:
     return torch.tensor(w, dtype=torch.float32)
 
 
-def selection_score(policy: str, val_auc: float | None, val_acc: float | None, train_loss: float) -> float:
+def selection_score(policy: str, val_auc: float | None, val_acc: float | None, train_loss: float,
+                    val_loss: float | None = None) -> float:
     """Higher is better. ``val_auc`` falls back to accuracy when AUC is undefined; ``joint``
-    counts an undefined AUC as 0; ``train_loss`` is the negated loss; ``last`` always improves."""
+    counts an undefined AUC as 0; ``val_loss`` is the negated validation cross-entropy (CLAM's
+    criterion: continuous, so it does not saturate on a few slides); ``train_loss`` is the negated
+    training loss; ``last`` always improves."""
     if policy == "val_auc":
         return val_auc if val_auc is not None else (val_acc or 0.0)
     if policy == "val_acc":
         return val_acc or 0.0
     if policy == "joint":
         return ((val_auc or 0.0) + (val_acc or 0.0)) / 2
+    if policy == "val_loss":
+        return -val_loss if val_loss is not None else -math.inf
     if policy == "train_loss":
         return -train_loss
     return math.inf
@@ -336,7 +341,7 @@ def train_fold(p: Params, store: FeatureStore, split: dict[str, list[str]],
             val_loss = validation_loss(probs, val.labels)
         row.update(val_auc=val_auc, val_acc=val_acc, val_loss=val_loss,
                    epoch_seconds=round(time.perf_counter() - started, 3))
-        score = selection_score(policy, val_auc, val_acc, row["loss"])
+        score = selection_score(policy, val_auc, val_acc, row["loss"], val_loss)
         candidate = epoch >= select_from
         if candidate and improves(policy, p.tie_break, score, val_loss, state["best_score"], state["best_val_loss"],
                                   p.min_delta):
