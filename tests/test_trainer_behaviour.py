@@ -255,6 +255,20 @@ def test_save_policy_val_loss_selects_the_epoch_of_lowest_validation_cross_entro
     assert summary["stopped_early"] == (len(since) >= 3) and len(since) <= 3
 
 
+@pytest.mark.parametrize("policy", ["joint", "val_loss"])
+def test_a_validation_policy_without_validation_slides_trains_every_epoch_and_keeps_the_last(demo_project, policy,
+                                                                                             capsys):
+    p = dataclasses.replace(make_params(SMALL), epochs=3, warmup_epochs=1, freeze_protos_epochs=1, save_policy=policy)
+    store = FeatureStore(demo_project / paths.STORE)
+    split = {**load_split(demo_project / paths.SPLIT)[0], "val": []}
+    protos = load_prototypes(store.scales, 0, demo_project / paths.PROTOTYPES)
+    tracker = Tracker(None, mode="disabled", project="t", name="t", group="t", config={})
+    out = demo_project / "runs" / f"noval_{policy}"
+    summary = train_fold(p, store, split, protos, out, out.with_suffix(".resume.pt"), tracker, 0, False)
+    assert summary["save_policy"] == "last" and summary["best_epoch"] == 3
+    assert f"save_policy {policy} falls back to 'last'" in capsys.readouterr().err
+
+
 def test_validation_loss_is_the_mean_cross_entropy_of_the_true_class():
     from recomil.training.trainer import improves, validation_loss
 
