@@ -370,3 +370,26 @@ def test_ema_epochs_validates_selects_and_saves_the_moving_average_of_the_weight
     monkeypatch.setattr(AveragedModel, "update_parameters", update)
     _, _, _, _, plain = _train(demo_project, "no_ema", **kw)
     assert all(torch.equal(plain["model"][k], last[k]) for k in last)
+
+
+@pytest.mark.parametrize("policy", ["joint", "val_loss"])
+def test_the_selection_replay_benchmark_reproduces_the_trainers_selection_and_stop(demo_project, policy):
+    """benchmarks/selection_replay.py replays selection rules from logged epochs through the trainer's
+    own step: from a run's rows it must find the run's selected epoch and the epoch it stopped at."""
+    import sys
+
+    from tests.conftest import REPO
+
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import selection_replay
+
+    kw = dict(epochs=12, warmup_epochs=2, freeze_protos_epochs=3, patience=2, save_policy=policy, lr=3e-3)
+    _, summary, rows, _, _ = _train(demo_project, f"replay_{policy}", **kw)
+    rec = {k: [r[k] for r in rows] for k in ("loss", "val_auc", "val_acc", "val_loss")}
+    assert selection_replay.replay(rec, **kw) == (summary["best_epoch"], summary["epochs_run"])
+    assert summary["stopped_early"]  # the data of this test stop before the last epoch
+    rec["test_labels"] = [0, 1, 1]
+    rec["test_prob"] = [[0.1, 0.2, 0.9], [0.4, 0.35, 0.5]]  # epoch 1 ranks perfectly, epoch 2 does not
+    assert selection_replay.test_auc(rec, [1]) == 1.0 and selection_replay.test_auc(rec, [2]) == 0.5
+    assert selection_replay.test_auc(rec, [1, 2]) == 1.0  # the mean probability: 0.25, 0.275, 0.7
+    assert math.isnan(selection_replay.test_auc(rec, [3]))

@@ -118,6 +118,29 @@ def selection_start(p: Params, policy: str) -> int:
     return 1
 
 
+def selection_step(state: dict[str, Any], p: Params, policy: str, epoch: int, score: float,
+                   val_loss: float | None, select_from: int) -> bool:
+    """Model selection and early stopping after ``epoch``: whether it becomes the selected model.
+
+    Updates ``state``'s ``best_score``, ``best_val_loss``, ``best_epoch``, ``stale`` (candidate
+    epochs without improvement; with ``early_stop_after_warmup`` only those after warm-up and
+    prototype freezing count) and ``stopped_early`` (``stale`` reached ``patience``; never with
+    ``last``). The trainer calls it once per epoch; ``benchmarks/selection_replay.py`` replays
+    logged epochs through it.
+    """
+    candidate = epoch >= select_from
+    chosen = candidate and improves(policy, p.tie_break, score, val_loss, state["best_score"],
+                                    state["best_val_loss"], p.min_delta)
+    if chosen:
+        state.update(best_score=score, best_val_loss=val_loss if val_loss is not None else math.inf,
+                     best_epoch=epoch, stale=0)
+    elif candidate and (not p.early_stop_after_warmup or epoch > max(p.warmup_epochs, p.freeze_protos_epochs)):
+        state["stale"] += 1
+    if policy != "last" and state["stale"] >= p.patience:
+        state["stopped_early"] = True
+    return chosen
+
+
 def ema_decay(ema_epochs: float, steps_per_epoch: int) -> float:
     """Per-step decay of the weight average whose time constant is ``ema_epochs`` epochs of
     ``steps_per_epoch`` optimiser steps: ``1 - 1 / (ema_epochs * steps_per_epoch)`` (0 when that is
@@ -342,20 +365,12 @@ def train_fold(p: Params, store: FeatureStore, split: dict[str, list[str]],
         row.update(val_auc=val_auc, val_acc=val_acc, val_loss=val_loss,
                    epoch_seconds=round(time.perf_counter() - started, 3))
         score = selection_score(policy, val_auc, val_acc, row["loss"], val_loss)
-        candidate = epoch >= select_from
-        if candidate and improves(policy, p.tie_break, score, val_loss, state["best_score"], state["best_val_loss"],
-                                  p.min_delta):
-            state.update(best_score=score, best_val_loss=val_loss if val_loss is not None else math.inf,
-                         best_epoch=epoch, stale=0,
-                         best_state={k: v.detach().clone() for k, v in judged.state_dict().items()})
-        elif candidate and (not p.early_stop_after_warmup or epoch > max(p.warmup_epochs, p.freeze_protos_epochs)):
-            state["stale"] += 1
+        if selection_step(state, p, policy, epoch, score, val_loss, select_from):
+            state["best_state"] = {k: v.detach().clone() for k, v in judged.state_dict().items()}
         row["best_epoch"] = state["best_epoch"]
         state["epoch"] = epoch
         state["rows"].append(row)
         tracker.log_epoch(row)
-        if policy != "last" and state["stale"] >= p.patience:
-            state["stopped_early"] = True
         state["finished"] = state["stopped_early"] or epoch == p.epochs
         if main:
             per_epoch = (time.perf_counter() - fold_started) / (epoch - first_epoch + 1)
