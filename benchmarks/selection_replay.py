@@ -23,7 +23,8 @@ seed (the report checks it). Rules:
 - ``epoch 50``: the last epoch of a full run (``save_policy: last``);
 - ``mean 13..stop`` / ``mean 13..50``: the mean test probability of every candidate epoch's
   weights up to the defaults' stop / to the end (a snapshot ensemble: no selection, no extra
-  training).
+  training); ``mean of 5 snapshots``: of 5 epochs evenly spaced over 13..50 (13, 22, 32, 41, 50),
+  what keeping five checkpoints would cost; ``mean 46..50``: of the last five epochs.
 
 A rule that is not better on a seed whose defaults did badly points at training (weights, bag
 order, the slides held out), not at selection, as the source of the spread. ``--split-seed`` and
@@ -183,6 +184,8 @@ RULES: dict[str, Callable[[dict[str, Any]], float]] = {
     "epoch 50": lambda r: test_auc(r, [50]),
     "mean 13..stop": lambda r: test_auc(r, list(range(_first_candidate(), replay(r)[1] + 1))),
     "mean 13..50": lambda r: test_auc(r, list(range(_first_candidate(), 51))),
+    "mean of 5 snapshots": lambda r: test_auc(r, [int(e) for e in np.linspace(_first_candidate(), 50, 5).round()]),
+    "mean 46..50": lambda r: test_auc(r, list(range(46, 51))),
 }
 
 
