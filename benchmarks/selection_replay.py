@@ -23,8 +23,9 @@ seed (the report checks it). Rules:
 - ``epoch 50``: the last epoch of a full run (``save_policy: last``);
 - ``mean 13..stop`` / ``mean 13..50``: the mean test probability of every candidate epoch's
   weights up to the defaults' stop / to the end (a snapshot ensemble: no selection, no extra
-  training); ``mean of 5 snapshots``: of 5 epochs evenly spaced over 13..50 (13, 22, 32, 41, 50),
-  what keeping five checkpoints would cost; ``mean 46..50``: of the last five epochs.
+  training); ``snapshots: 5``: of the 5 epochs that the key ``snapshots: 5`` keeps (13, 22, 32, 41,
+  50; :func:`recomil.training.trainer.snapshot_epochs`), exactly what that key's run predicts;
+  ``mean 46..50``: of the last five epochs.
 
 A rule that is not better on a seed whose defaults did badly points at training (weights, bag
 order, the slides held out), not at selection, as the source of the spread. ``--split-seed`` and
@@ -176,6 +177,13 @@ def _first_candidate() -> int:
     return max(p.warmup_epochs, p.freeze_protos_epochs) + 1
 
 
+def _snapshot_epochs(k: int) -> list[int]:
+    from recomil.config import make_params
+    from recomil.training.trainer import snapshot_epochs
+
+    return snapshot_epochs(make_params({"snapshots": k}))
+
+
 RULES: dict[str, Callable[[dict[str, Any]], float]] = {
     "defaults": lambda r: test_auc(r, [replay(r)[0]]),
     "val_loss": lambda r: test_auc(r, [replay(r, save_policy="val_loss")[0]]),
@@ -184,7 +192,7 @@ RULES: dict[str, Callable[[dict[str, Any]], float]] = {
     "epoch 50": lambda r: test_auc(r, [50]),
     "mean 13..stop": lambda r: test_auc(r, list(range(_first_candidate(), replay(r)[1] + 1))),
     "mean 13..50": lambda r: test_auc(r, list(range(_first_candidate(), 51))),
-    "mean of 5 snapshots": lambda r: test_auc(r, [int(e) for e in np.linspace(_first_candidate(), 50, 5).round()]),
+    "snapshots: 5": lambda r: test_auc(r, _snapshot_epochs(5)),
     "mean 46..50": lambda r: test_auc(r, list(range(46, 51))),
 }
 

@@ -175,6 +175,7 @@ class Params:
     ensemble: int = 1
     ensemble_val: str = "resplit"
     ema_epochs: float = 0.0
+    snapshots: int = 1
     amp: str = "auto"
     nproc: int = 1
     threads: int = 0
@@ -287,6 +288,15 @@ def _validate(p: Params) -> None:
     if not 1 <= p.ensemble <= 64:
         raise ConfigError(f"param 'ensemble' must lie in [1, 64] (models trained per fold, their test "
                           f"probabilities averaged), got {p.ensemble}")
+    boundary = max(p.warmup_epochs, p.freeze_protos_epochs)
+    candidates = p.epochs - boundary if p.epochs > boundary else p.epochs
+    if not 1 <= p.snapshots <= candidates:
+        raise ConfigError(f"param 'snapshots' must lie in [1, {candidates}] (1: off; K >= 2: the weights of K epochs "
+                          f"evenly spaced over the {candidates} epochs after warm-up and prototype freezing, their "
+                          f"test probabilities averaged), got {p.snapshots}")
+    if p.snapshots > 1 and p.ensemble > 1:
+        raise ConfigError(f"params 'snapshots' ({p.snapshots}) and 'ensemble' ({p.ensemble}) cannot both exceed 1: "
+                          "both keep several models per fold; choose one")
     if not (math.isfinite(p.ema_epochs) and p.ema_epochs >= 0):
         raise ConfigError(f"param 'ema_epochs' must be 0 (off) or a positive number of epochs (the time "
                           f"constant of the weight average that is validated and saved), got {p.ema_epochs}")

@@ -41,10 +41,20 @@ def test_data_keys_the_dataset_does_not_read_are_an_error(dataset, key):
 
 @pytest.mark.parametrize("key,value", [("fusion", "mean"), ("epochs", 0), ("lr", "fast"), ("folds", 1),
                                        ("num_protos_high", 4), ("no_val", "yes"),
-                                       ("ema_epochs", -1.0), ("ema_epochs", float("nan")), ("ensemble", 0)])
+                                       ("ema_epochs", -1.0), ("ema_epochs", float("nan")), ("ensemble", 0),
+                                       ("snapshots", 0), ("snapshots", 39)])
 def test_bad_values_are_refused(key, value):
     with pytest.raises(ConfigError, match=key):
         make_params({key: value})
+
+
+def test_snapshots_lie_within_the_epochs_after_warm_up_and_exclude_an_ensemble():
+    assert make_params({"snapshots": 38}).snapshots == 38  # epochs 13..50 of the defaults
+    assert make_params({"snapshots": 3, "epochs": 3, "warmup_epochs": 5, "freeze_protos_epochs": 5}).snapshots == 3
+    with pytest.raises(ConfigError, match="'snapshots' must lie in \\[1, 38\\]"):
+        make_params({"snapshots": 39})
+    with pytest.raises(ConfigError, match="'snapshots' \\(2\\) and 'ensemble' \\(3\\)"):
+        make_params({"snapshots": 2, "ensemble": 3})
 
 
 def test_scale_view_gathers_the_suffixed_keys():

@@ -45,9 +45,10 @@ def test_stages_write_their_outputs(project, tiny_params):
     assert list((project / "wandb").glob("offline-run-*")), "wandb offline run directory missing"
 
 
-@pytest.mark.parametrize("ema_epochs", [0.0, 1.0])
-def test_training_is_deterministic_and_resumes_exactly(project, tiny_params, monkeypatch, ema_epochs):
-    p = dataclasses.replace(tiny_params, ema_epochs=ema_epochs)  # 1.0: the weight average resumes too
+@pytest.mark.parametrize(("ema_epochs", "snapshots"), [(0.0, 1), (1.0, 1), (0.0, 2)])
+def test_training_is_deterministic_and_resumes_exactly(project, tiny_params, monkeypatch, ema_epochs, snapshots):
+    # ema 1.0: the weight average resumes too; snapshots 2: the epoch-2 snapshot, kept before the kill, too
+    p = dataclasses.replace(tiny_params, ema_epochs=ema_epochs, snapshots=snapshots)
     prepare_demo(p)
     train_stage.run_train(p, progress=False)
     first = evaluate_stage.run_evaluate(p)

@@ -393,3 +393,33 @@ def test_the_selection_replay_benchmark_reproduces_the_trainers_selection_and_st
     assert selection_replay.test_auc(rec, [1]) == 1.0 and selection_replay.test_auc(rec, [2]) == 0.5
     assert selection_replay.test_auc(rec, [1, 2]) == 1.0  # the mean probability: 0.25, 0.275, 0.7
     assert math.isnan(selection_replay.test_auc(rec, [3]))
+
+
+def test_snapshots_keep_the_weights_of_evenly_spaced_epochs_after_warm_up_as_members(demo_project, monkeypatch):
+    """``snapshots: 3`` over epochs 3..7 (warm-up 2): the weights of epochs 3, 5 and 7 are kept, the last as
+    ``best.pt`` and the others as further members of the fold; every epoch is trained (no early stop,
+    no selection) and the training is the same as without snapshots."""
+    import recomil.training.trainer as trainer
+    from recomil.inference import member_files, predict_bags
+
+    seen: list[dict[str, torch.Tensor]] = []
+
+    def validate(model, bags, amp=None):  # the weights that each epoch validates
+        seen.append({k: v.detach().clone() for k, v in model.state_dict().items()})
+        return predict_bags(model, bags, amp)
+
+    monkeypatch.setattr(trainer, "predict_bags", validate)
+    kw = dict(epochs=7, warmup_epochs=2, freeze_protos_epochs=2, patience=1, lr=3e-3, save_policy="joint")
+    p, summary, rows, best, _ = _train(demo_project, "snap", snapshots=3, **kw)
+    assert trainer.snapshot_epochs(p) == [3, 5, 7] == summary["snapshot_epochs"]
+    assert [r["epoch"] for r in rows] == list(range(1, 8)) and summary["best_epoch"] == 7  # patience 1 unused
+    files = member_files(best.parent)
+    assert [f.name for f in files] == ["best.pt", "best_m1.pt", "best_m2.pt"]
+    for f, e in zip(files, (7, 3, 5)):
+        saved = load_model(f)[0].state_dict()
+        assert all(torch.equal(saved[k], seen[e - 1][k]) for k in saved), f"{f.name} is not epoch {e}"
+    seen.clear()
+    _, plain, rows_plain, _, _ = _train(demo_project, "snap_off", snapshots=1, **{**kw, "save_policy": "last"})
+    assert [r["loss"] for r in rows_plain] == [r["loss"] for r in rows]
+    assert trainer.snapshot_epochs(dataclasses.replace(p, snapshots=5, epochs=50, warmup_epochs=12,
+                                                       freeze_protos_epochs=12)) == [13, 22, 32, 41, 50]

@@ -141,6 +141,17 @@ def selection_step(state: dict[str, Any], p: Params, policy: str, epoch: int, sc
     return chosen
 
 
+def snapshot_epochs(p: Params) -> list[int]:
+    """The epochs whose weights ``snapshots: K`` keeps: K evenly spaced (rounded) over the epochs after
+    warm-up and prototype freezing, the last epoch included (13, 22, 32, 41, 50 for K 5 and the
+    defaults); ``[]`` when ``snapshots`` is 1 (off)."""
+    if p.snapshots <= 1:
+        return []
+    boundary = max(p.warmup_epochs, p.freeze_protos_epochs)
+    first = boundary + 1 if p.epochs > boundary else 1
+    return sorted({int(e) for e in np.linspace(first, p.epochs, p.snapshots).round()})
+
+
 def ema_decay(ema_epochs: float, steps_per_epoch: int) -> float:
     """Per-step decay of the weight average whose time constant is ``ema_epochs`` epochs of
     ``steps_per_epoch`` optimiser steps: ``1 - 1 / (ema_epochs * steps_per_epoch)`` (0 when that is
@@ -241,13 +252,16 @@ def train_fold(p: Params, store: FeatureStore, split: dict[str, list[str]],
     average = weight_average(model, p, len(ddp.shard(np.arange(len(train)), rank, world)))
     weight = class_weights(train.labels, mp.num_classes).to(device) if p.class_weight else None
     policy = p.save_policy
-    if policy in VAL_POLICIES and len(val) == 0:
+    snap_at = snapshot_epochs(p)
+    if snap_at:  # no selection: every epoch is trained, the snapshot epochs' weights are kept
+        policy = "last"
+    elif policy in VAL_POLICIES and len(val) == 0:
         print(f"train: {tag} has no validation slides; save_policy {policy} falls back to 'last'",
               file=sys.stderr)
         policy = "last"
     fp = fingerprint(p, split, store, prototypes, member)
     state = {"epoch": 0, "best_score": -math.inf, "best_val_loss": math.inf, "best_epoch": 0, "stale": 0,
-             "best_state": None, "rows": [], "finished": False, "stopped_early": False}
+             "best_state": None, "snapshots": {}, "rows": [], "finished": False, "stopped_early": False}
     saved = _read_resume(resume_path, fp, device, tag)
     if saved is not None:
         model.load_state_dict(saved["model"])
@@ -367,6 +381,8 @@ def train_fold(p: Params, store: FeatureStore, split: dict[str, list[str]],
         score = selection_score(policy, val_auc, val_acc, row["loss"], val_loss)
         if selection_step(state, p, policy, epoch, score, val_loss, select_from):
             state["best_state"] = {k: v.detach().clone() for k, v in judged.state_dict().items()}
+        if epoch in snap_at[:-1]:  # the last one is the final epoch's best_state
+            state["snapshots"][epoch] = {k: v.detach().clone() for k, v in judged.state_dict().items()}
         row["best_epoch"] = state["best_epoch"]
         state["epoch"] = epoch
         state["rows"].append(row)
@@ -390,8 +406,14 @@ def train_fold(p: Params, store: FeatureStore, split: dict[str, list[str]],
                "threads": threads, "precision": precision_name(amp), "ema_epochs": p.ema_epochs}
     if p.ensemble > 1:  # members may select on validation slides of their own (ensemble_val: resplit)
         summary["val_slides"] = list(split["val"])
+    if snap_at:
+        summary["snapshot_epochs"] = snap_at
     if main:
         save_model(out_dir / member_file(member), best, mp, store.classes, {"summary": summary})
+        for j, e in enumerate(snap_at[:-1], start=1):  # the earlier snapshots: further members of the fold
+            snap = copy.deepcopy(model)
+            snap.load_state_dict(state["snapshots"][e])
+            save_model(out_dir / member_file(j), snap, mp, store.classes, {"summary": {**summary, "best_epoch": e}})
         print(f"{tag}: {state['epoch']} epochs{' (early stop)' if state['stopped_early'] else ''}, "
               f"best epoch {state['best_epoch']} (score {state['best_score']:.4f}), "
               f"{_duration(time.perf_counter() - fold_started)} this run", file=sys.stderr, flush=True)
