@@ -255,9 +255,9 @@ def test_save_policy_val_loss_selects_the_epoch_of_lowest_validation_cross_entro
     assert summary["stopped_early"] == (len(since) >= 3) and len(since) <= 3
 
 
-@pytest.mark.parametrize("policy", ["joint", "val_loss"])
-def test_a_validation_policy_without_validation_slides_trains_every_epoch_and_keeps_the_last(demo_project, policy,
-                                                                                             capsys):
+def test_save_policy_val_loss_without_validation_slides_trains_every_epoch_and_keeps_the_last(demo_project, capsys):
+    """As every validation policy (``joint``: tests/test_training.py::test_no_val_falls_back_to_last)."""
+    policy = "val_loss"
     p = dataclasses.replace(make_params(SMALL), epochs=3, warmup_epochs=1, freeze_protos_epochs=1, save_policy=policy)
     store = FeatureStore(demo_project / paths.STORE)
     split = {**load_split(demo_project / paths.SPLIT)[0], "val": []}
@@ -372,8 +372,7 @@ def test_ema_epochs_validates_selects_and_saves_the_moving_average_of_the_weight
     assert all(torch.equal(plain["model"][k], last[k]) for k in last)
 
 
-@pytest.mark.parametrize("policy", ["joint", "val_loss"])
-def test_the_selection_replay_benchmark_reproduces_the_trainers_selection_and_stop(demo_project, policy):
+def test_the_selection_replay_benchmark_reproduces_the_trainers_selection_and_stop(demo_project):
     """benchmarks/selection_replay.py replays selection rules from logged epochs through the trainer's
     own step: from a run's rows it must find the run's selected epoch and the epoch it stopped at."""
     import sys
@@ -383,8 +382,8 @@ def test_the_selection_replay_benchmark_reproduces_the_trainers_selection_and_st
     sys.path.insert(0, str(REPO / "benchmarks"))
     import selection_replay
 
-    kw = dict(epochs=12, warmup_epochs=2, freeze_protos_epochs=3, patience=2, save_policy=policy, lr=3e-3)
-    _, summary, rows, _, _ = _train(demo_project, f"replay_{policy}", **kw)
+    kw = dict(epochs=12, warmup_epochs=2, freeze_protos_epochs=3, patience=2, save_policy="joint", lr=3e-3)
+    _, summary, rows, _, _ = _train(demo_project, "replay", **kw)
     rec = {k: [r[k] for r in rows] for k in ("loss", "val_auc", "val_acc", "val_loss")}
     assert selection_replay.replay(rec, **kw) == (summary["best_epoch"], summary["epochs_run"])
     assert summary["stopped_early"]  # the data of this test stop before the last epoch
