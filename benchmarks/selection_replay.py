@@ -55,6 +55,7 @@ import vs_original as vs  # noqa: E402
 
 CACHE = HERE / "results" / "selection_replay"
 REPORT = HERE / "selection_replay.md"
+META = HERE / "results" / "selection_replay_meta.json"  # how and when the recorded units ran (hand-written)
 
 
 # ----------------------------------------------------------------------------- units
@@ -202,6 +203,8 @@ def report(records: list[dict[str, Any]]) -> str:
              "Written by `python benchmarks/selection_replay.py` (see its docstring). One training per seed "
              "with params.yaml's defaults and no early stop; every rule replayed on its logged epochs. Test "
              "AUC per seed, mean ± sd (sample) over seeds, Δ = rule − defaults (paired, ± standard error).", ""]
+    if META.is_file():
+        lines += [f"Last run: {json.loads(META.read_text())['note']}", ""]
     vs_recs = {(r["cohort"], r["seed"]): r for r in vs.load_records() if r["program"] == "recomil"}
     def plain(r: dict[str, Any]) -> bool:
         return r.get("split_seed") is None and r.get("kmeans_seed") is None
