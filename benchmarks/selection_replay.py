@@ -172,10 +172,12 @@ def test_auc(rec: dict[str, Any], epochs: list[int]) -> float:
 
 
 def _first_candidate() -> int:
+    """The defaults' first selectable epoch (13), as the trainer computes it."""
     from recomil.config import make_params
+    from recomil.training.trainer import selection_start
 
     p = make_params({})
-    return max(p.warmup_epochs, p.freeze_protos_epochs) + 1
+    return selection_start(p, p.save_policy)
 
 
 def _snapshot_epochs(k: int) -> list[int]:

@@ -410,8 +410,8 @@ def train_fold(p: Params, store: FeatureStore, split: dict[str, list[str]],
         summary["snapshot_epochs"] = snap_at
     if main:
         save_model(out_dir / member_file(member), best, mp, store.classes, {"summary": summary})
+        snap = copy.deepcopy(model) if snap_at else None
         for j, e in enumerate(snap_at[:-1], start=1):  # the earlier snapshots: further members of the fold
-            snap = copy.deepcopy(model)
             snap.load_state_dict(state["snapshots"][e])
             save_model(out_dir / member_file(j), snap, mp, store.classes, {"summary": {**summary, "best_epoch": e}})
         print(f"{tag}: {state['epoch']} epochs{' (early stop)' if state['stopped_early'] else ''}, "
