@@ -144,7 +144,7 @@ def _job(args: tuple[str, dict[str, Any], int, int, str, str, int]) -> dict[str,
            "per_fold": metrics.get("per_fold", [metrics]),
            "epochs": [f["epochs_run"] for f in summary["folds"]],
            "best_epochs": [f["best_epoch"] for f in summary["folds"]],
-           "loc_auc": metrics.get("loc_auc")}
+           "loc_auc": metrics.get("loc_auc"), "recomil_commit": _commit()}
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_suffix(".tmp")
     tmp.write_text(json.dumps(rec, indent=1))
@@ -496,6 +496,12 @@ def _read_meta(name: str) -> dict[str, Any]:
     return json.loads(f.read_text()) if f.is_file() else {}
 
 
+def _commit() -> str:
+    """The short git commit of the project (``?`` outside a git checkout)."""
+    return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True,
+                          text=True).stdout.strip() or "?"
+
+
 def machine() -> list[str]:
     import torch
 
@@ -508,8 +514,7 @@ def machine() -> list[str]:
     except OSError:
         pass
     mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2 ** 30
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True,
-                            text=True).stdout.strip()
+    commit = _commit()
     return [f"- Machine: {cpu}, {os.cpu_count()} cores, {mem:.0f} GB, "
             f"{'CUDA ' + torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'no GPU'}",
             f"- Versions: Python {platform.python_version()}, torch {torch.__version__}, numpy {np.__version__}, "
