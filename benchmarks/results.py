@@ -178,8 +178,12 @@ def run_accuracy(datasets: list[str], seeds: list[int], folds: int, rows: list[s
             pass
 
 
-def load_accuracy() -> list[dict[str, Any]]:
-    return [json.loads(f.read_text()) for f in sorted((CACHE / "accuracy").glob("*/seed*/*.json"))]
+EARLIER = CACHE / "earlier"  # records of an earlier training step, same layout as CACHE; read only
+
+
+def load_accuracy(root: Path = CACHE) -> list[dict[str, Any]]:
+    """Every cached accuracy unit under ``root`` (``CACHE`` or ``EARLIER``)."""
+    return [json.loads(f.read_text()) for f in sorted((root / "accuracy").glob("*/seed*/*.json"))]
 
 
 def _paired(a: dict[tuple[int, int], float], b: dict[tuple[int, int], float]) -> tuple[float, float, int, int]:
@@ -276,10 +280,18 @@ def glance(verdicts: list[tuple[str, str, float, float]], datasets: list[str]) -
     return out + [""]
 
 
-def accuracy_section(records: list[dict[str, Any]]) -> list[str]:
+def accuracy_section(records: list[dict[str, Any]], root: Path = CACHE, earlier: str = "") -> list[str]:
+    """The accuracy tables, glance table, coverage and verdicts of ``records`` (commands from ``root``).
+
+    ``earlier``: a sentence saying which earlier training step measured the records; the section is
+    then titled as such, its data-set headings say so, and it has no coverage list (nothing more of
+    an earlier step is run).
+    """
+    title = "## Accuracy, earlier training step" if earlier else "## Accuracy"
+    tag = ", earlier step" if earlier else ""
     if not records:
-        return ["## Accuracy", "", "Not run yet: `python benchmarks/results.py --sections accuracy`.", ""]
-    lines = ["## Accuracy", "",
+        return [] if earlier else [title, "", "Not run yet: `python benchmarks/results.py --sections accuracy`.", ""]
+    lines = [title, "", *([earlier, ""] if earlier else []),
              "Test AUC and accuracy of each fold's best checkpoint on that fold's test slides: mean +- std over "
              "all (seed, fold) runs; `seed sd` is the standard deviation of the per-seed means. Every row of a "
              "dataset uses the same folds and seeds. `vs default`: mean paired AUC difference (row minus "
@@ -296,8 +308,8 @@ def accuracy_section(records: list[dict[str, Any]]) -> list[str]:
         rows = by_ds[ds]
         seeds = sorted({r["seed"] for rs in rows.values() for r in rs})
         folds = sorted({r["folds"] for rs in rows.values() for r in rs})
-        meta = _read_meta(f"accuracy-{ds}") or _read_meta("accuracy")
-        lines += [f"### {ds} ({folds[0]}-fold CV, seeds {seeds})", "",
+        meta = _read_meta(f"accuracy-{ds}", root) or _read_meta("accuracy", root)
+        lines += [f"### {ds} ({folds[0]}-fold CV, seeds {seeds}{tag})", "",
                   *[f"Command: `{r.get('command', '?')}` (started {r.get('date', '?')})." for r in
                     meta.get("runs", [meta] if meta else [])], "",
                   "| row | AUC | seed sd | accuracy | vs default (AUC) | epochs run | runs | loc_auc |",
@@ -325,7 +337,15 @@ def accuracy_section(records: list[dict[str, Any]]) -> list[str]:
                          f"| {np.mean(acc):.3f} +- {np.std(acc):.3f} | {cmp} | {np.mean(epochs):.1f} "
                          f"| {len(aucs)} | {f'{np.mean(loc):.3f}' if loc else '-'} |")
         lines.append("")
-    lines[intro:intro] = glance(verdicts, order)
+    at_a_glance = glance(verdicts, order)
+    if at_a_glance and earlier:
+        at_a_glance[0] += tag
+    lines[intro:intro] = at_a_glance
+    if earlier:
+        lines += ["### What helps and what does not, earlier step", ""]
+        lines += [f"- {c}" for c in cautions]
+        lines += [f"- {ds}: {verdict(row, m, se)} ({m:+.3f} +- {se:.3f} AUC)." for ds, row, m, se in verdicts]
+        return lines + [""]
     lines += ["### Coverage", "",
               "The full specification is 5 folds x seeds 1, 2, 3 x every row on every data set "
               "(`python benchmarks/results.py --sections accuracy` runs whatever is missing; finished units are "
@@ -343,6 +363,50 @@ def accuracy_section(records: list[dict[str, Any]]) -> list[str]:
     for ds, row, m, se in verdicts:
         lines.append(f"- {ds}: {verdict(row, m, se)} ({m:+.3f} +- {se:.3f} AUC).")
     return lines + [""]
+
+
+def earlier_only(earlier: list[dict[str, Any]], current: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The earlier step's records of (data set, row) pairs the current step has not run, with the
+    earlier defaults row of each such data set (the base of its paired differences)."""
+    have = {(r["dataset"], r["row"]) for r in current}
+    kept = [r for r in earlier if (r["dataset"], r["row"]) not in have]
+    sets = {r["dataset"] for r in kept if r["row"] != "ReCo-MIL (defaults)"}
+    return [r for r in earlier if r["dataset"] in sets
+            and ((r["dataset"], r["row"]) not in have or r["row"] == "ReCo-MIL (defaults)")]
+
+
+def step_change_section(current: list[dict[str, Any]], earlier: list[dict[str, Any]], what: str) -> list[str]:
+    """The defaults row of the current step against the earlier step's, paired on (seed, fold).
+
+    One table row per data set that both steps ran: mean +- std test AUC of each, the seed sd of
+    each (standard deviation of the per-seed means), the paired difference (current minus earlier)
+    +- its standard error with the runs the current step won, and the mean epochs run of each.
+    """
+    def runs(recs: list[dict[str, Any]], ds: str) -> list[dict[str, Any]]:
+        return [r for r in recs if r["dataset"] == ds and r["row"] == "ReCo-MIL (defaults)"]
+
+    out = []
+    for ds in [d for d in [*DEMO_SETS, *REAL_SETS] if runs(current, d) and runs(earlier, d)]:
+        now, was = runs(current, ds), runs(earlier, ds)
+        a = {(r["seed"], i): f["auc"] for r in now for i, f in enumerate(r["per_fold"])}
+        b = {(r["seed"], i): f["auc"] for r in was for i, f in enumerate(r["per_fold"])}
+        m, se, wins, n = _paired(a, b)
+        cells = []
+        for recs, aucs in ((now, a), (was, b)):
+            vals = np.array([v for v in aucs.values() if v is not None], dtype=float)
+            seed_means = [np.mean([f["auc"] for f in r["per_fold"] if f["auc"] is not None]) for r in recs]
+            cells.append(f"{vals.mean():.3f} +- {vals.std():.3f} | {np.std(seed_means):.3f}")
+        epochs = [np.mean([e for r in recs for e in r["epochs"]]) for recs in (now, was)]
+        out.append(f"| {ds} | {cells[0]} | {cells[1]} | {m:+.3f} +- {se:.3f} ({wins}/{n}) "
+                   f"| {epochs[0]:.1f} / {epochs[1]:.1f} |")
+    if not out:
+        return []
+    return ["## What the current training step changed", "",
+            f"ReCo-MIL (defaults) with the current step against the same row of the earlier step, on the same "
+            f"folds and seeds. {what}", "",
+            "| data set | AUC now | seed sd now | AUC earlier | seed sd earlier | now - earlier (AUC) "
+            "| epochs run now / earlier |",
+            "| --- | --- | --- | --- | --- | --- | --- |", *out, ""]
 
 
 # -------------------------------------------------------------------------------------- speed
@@ -491,8 +555,8 @@ def _write_meta(name: str, meta: dict[str, Any]) -> None:
     (CACHE / f"{name}.json").write_text(json.dumps(meta, indent=1))
 
 
-def _read_meta(name: str) -> dict[str, Any]:
-    f = CACHE / f"{name}.json"
+def _read_meta(name: str, root: Path = CACHE) -> dict[str, Any]:
+    f = root / f"{name}.json"
     return json.loads(f.read_text()) if f.is_file() else {}
 
 
@@ -526,7 +590,15 @@ def write_results(path: Path) -> None:
     lines = ["# recomil: evidence", "",
              "Written by `python benchmarks/results.py` (see its docstring for the parts and options); every "
              "figure below comes from the JSON files under `benchmarks/results/` that the run wrote.", "",
-             *machine(), "", *accuracy_section(load_accuracy()), *speed_section(), *scaling_section()]
+             *machine(), "", *accuracy_section(load_accuracy())]
+    if earlier := load_accuracy(EARLIER):
+        step = _read_meta("step", EARLIER)
+        what = (f"The earlier step is recomil at commit {step.get('commit', '?')}: {step.get('what', '?')}")
+        lines += [*step_change_section(load_accuracy(), earlier, what),
+                  *accuracy_section(earlier_only(earlier, load_accuracy()), EARLIER,
+                                    earlier=f"Rows and data sets measured with the earlier training step only "
+                                            f"(rows re-run with the current step are in the section above). {what}")]
+    lines += [*speed_section(), *scaling_section()]
     path.write_text("\n".join(lines) + "\n")
     print(f"wrote {path}")
 

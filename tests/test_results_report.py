@@ -95,3 +95,28 @@ def test_coverage_reports_the_ablation_grid_apart_from_protocol_checks(results):
     text = "\n".join(results.accuracy_section(recs))
     assert "Baseline and ablations (" in text and "): complete on every data set." in text
     assert "Training-protocol checks (" in text and "not run yet:" in text
+
+
+def test_step_change_pairs_the_defaults_row_of_the_two_steps_on_shared_folds(results):
+    now = [_rec("ReCo-MIL (defaults)", s, [0.9, 0.8]) | {"dataset": "musk1"} for s in (1, 2)]
+    was = [_rec("ReCo-MIL (defaults)", s, [0.8, 0.8]) | {"dataset": "musk1"} for s in (1, 2, 3)]
+    was.append(_rec("ReCo-MIL (defaults)", 1, [0.5]) | {"dataset": "elephant"})  # not re-run: no row
+    was.append(_rec("no rarity gate", 1, [0.5]) | {"dataset": "musk1"})
+    text = "\n".join(results.step_change_section(now, was, "Step X."))
+    d = np.array([0.1, 0.0, 0.1, 0.0])
+    assert f"| musk1 | 0.850 +- 0.050 | 0.000 | 0.800 +- 0.000 | 0.000 | +{d.mean():.3f} +- " \
+        f"{d.std(ddof=1) / 2:.3f} (2/4) | 20.0 / 20.0 |" in text
+    assert "elephant" not in text and "Step X." in text
+    assert results.step_change_section([], was, "Step X.") == []
+
+
+def test_the_earlier_section_keeps_only_rows_the_current_step_has_not_run(results):
+    was = [_rec(row, 1, [0.8]) | {"dataset": ds} for ds in ("musk1", "demo")
+           for row in ("ReCo-MIL (defaults)", "no rarity gate")]
+    now = [_rec(row, 1, [0.9]) | {"dataset": "musk1"} for row in ("ReCo-MIL (defaults)", "no rarity gate")]
+    now.append(_rec("ReCo-MIL (defaults)", 1, [0.9]) | {"dataset": "demo"})
+    kept = {(r["dataset"], r["row"]) for r in results.earlier_only(was, now)}
+    assert kept == {("demo", "ReCo-MIL (defaults)"), ("demo", "no rarity gate")}
+    text = "\n".join(results.accuracy_section(results.earlier_only(was, now), earlier="Earlier step."))
+    assert "## Accuracy, earlier training step" in text and "### demo (1-fold CV, seeds [1], earlier step)" in text
+    assert "musk1" not in text and "### Coverage" not in text
