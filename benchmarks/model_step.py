@@ -2,6 +2,7 @@
 
 Usage: python benchmarks/model_step.py [--sizes 1000 4000 16000 64000] [--device cpu|cuda]
        [--out benchmarks/model_step.md]
+       benchmarks/bf16_threshold.sh   # small bags: where bf16 stops paying on a CPU (amp: auto)
 
 Each (size, precision) runs in a fresh subprocess so that its peak memory is its own (resident
 memory on the CPU, ``torch.cuda.max_memory_allocated`` on CUDA). D = 768, K = 128,
@@ -18,6 +19,7 @@ import json
 import os
 import platform
 import resource
+import shlex
 import subprocess
 import sys
 import time
@@ -33,17 +35,17 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def _one(n: int, amp: str, repeats: int, ckpt: int, device: str) -> dict:
+def _one(n: int, amp: str, repeats: int, ckpt: int, device: str, dim: int = 768) -> dict:
     import recomil
 
     torch.manual_seed(0)
-    model = recomil.build_model({"feat_dim_high": 768, "feat_dim_low": 768}).to(device)
+    model = recomil.build_model({"feat_dim_high": dim, "feat_dim_low": dim}).to(device)
     for branch in model.branches.values():
         branch.checkpoint_min_patches = ckpt
     opt = torch.optim.Adam(model.parameters(), lr=1e-4, fused=True)
     dtype = DTYPES[amp]
     scaler = torch.amp.GradScaler("cuda", enabled=dtype is torch.float16)
-    xh, xl = torch.randn(n, 768, device=device), torch.randn(n // 4, 768, device=device)
+    xh, xl = torch.randn(n, dim, device=device), torch.randn(n // 4, dim, device=device)
     y = torch.tensor([1], device=device)
     model.train()
     model.set_prototypes_frozen(False)
@@ -119,6 +121,8 @@ def main() -> None:
     ap.add_argument("--out", default="benchmarks/model_step.md")
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     ap.add_argument("--large", type=int, default=100000, help="the checkpointing comparison's bag (0: skip)")
+    ap.add_argument("--dim", type=int, default=768, help="feature width D of the step's bags")
+    ap.add_argument("--no-varying", action="store_true", help="skip the bags-of-varied-size comparison")
     ap.add_argument("--child", nargs=3, default=None)
     ap.add_argument("--varying-child", default=None)
     args = ap.parse_args()
@@ -128,7 +132,7 @@ def main() -> None:
     if args.child:
         n, amp, ckpt = int(args.child[0]), args.child[1], int(args.child[2])
         print(json.dumps(_one(n, amp, 1 if n >= 64000 and args.device == "cpu" else args.repeats, ckpt,
-                              args.device)))
+                              args.device, args.dim)))
         return
     rows = []
     precisions = ("fp32", "bf16", "fp16") if args.device == "cuda" else ("fp32", "bf16")
@@ -137,14 +141,15 @@ def main() -> None:
         plan += [(args.large, "fp32", 16384), (args.large, "fp32", 10**9)]
     for n, amp, ckpt in plan:
         res = subprocess.run([sys.executable, __file__, "--child", str(n), amp, str(ckpt), "--repeats",
-                              str(args.repeats), "--device", args.device], capture_output=True, text=True,
-                             check=True)
+                              str(args.repeats), "--device", args.device, "--dim", str(args.dim)],
+                             capture_output=True, text=True, check=True)
         row = json.loads(res.stdout.strip().splitlines()[-1])
         row["checkpointing"] = n >= ckpt
         rows.append(row)
         print(row, flush=True)
     varying = []
-    for amp, cache in [("fp32", None), ("bf16", None), ("bf16", "1024")] if args.device == "cpu" else []:
+    compare_varying = args.device == "cpu" and not args.no_varying
+    for amp, cache in [("fp32", None), ("bf16", None), ("bf16", "1024")] if compare_varying else []:
         env = dict(os.environ, **({"ONEDNN_PRIMITIVE_CACHE_CAPACITY": cache} if cache else {}))
         res = subprocess.run([sys.executable, __file__, "--varying-child", amp, "--device", args.device],
                              capture_output=True, text=True, check=True, env=env)
@@ -157,8 +162,8 @@ def main() -> None:
     else:
         where = f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
         mem = "peak RSS (MB)"
-    cmd = "python benchmarks/model_step.py" + (" --device cuda" if args.device == "cuda" else "")
-    lines = ["# Model training step (dual scale, D = 768, K = 128, N_low = N_high / 4)", "",
+    cmd = shlex.join(["python", "benchmarks/model_step.py", *sys.argv[1:]])
+    lines = [f"# Model training step (dual scale, D = {args.dim}, K = 128, N_low = N_high / 4)", "",
              f"Command: `{cmd}` ({time.strftime('%Y-%m-%d')}, torch {torch.__version__}, {where}).", "",
              f"| N_high | precision | activation checkpointing | step (s) | {mem} |",
              "| --- | --- | --- | --- | --- |"]

@@ -331,7 +331,6 @@ def test_ema_epochs_validates_selects_and_saves_the_moving_average_of_the_weight
     from torch.optim.swa_utils import AveragedModel
 
     from recomil.inference import predict_bags
-    from recomil.training.device import autocast_dtype
     from recomil.training.trainer import validation_loss
 
     seen: list[dict[str, torch.Tensor]] = []
@@ -364,7 +363,8 @@ def test_ema_epochs_validates_selects_and_saves_the_moving_average_of_the_weight
     # the logged validation loss of the selected epoch is the average's
     model, _, _ = load_model(best)
     val = BagSet(FeatureStore(demo_project / paths.STORE), load_split(demo_project / paths.SPLIT)[0]["val"])
-    probs, _ = predict_bags(model, [val.bag(j) for j in range(len(val))], autocast_dtype(p.amp, torch.device("cpu")))
+    amp = {"bf16": torch.bfloat16, "fp32": None}[summary["precision"]]  # as the training validated
+    probs, _ = predict_bags(model, [val.bag(j) for j in range(len(val))], amp)
     assert validation_loss(probs, val.labels) == pytest.approx(rows[summary["best_epoch"] - 1]["val_loss"], rel=1e-4)
     # the weights trained are those of a run without the average
     monkeypatch.setattr(AveragedModel, "update_parameters", update)
@@ -422,3 +422,17 @@ def test_snapshots_keep_the_weights_of_evenly_spaced_epochs_after_warm_up_as_mem
     assert [r["loss"] for r in rows_plain] == [r["loss"] for r in rows]
     assert trainer.snapshot_epochs(dataclasses.replace(p, snapshots=5, epochs=50, warmup_epochs=12,
                                                        freeze_protos_epochs=12)) == [13, 22, 32, 41, 50]
+
+
+def test_amp_auto_trains_small_bags_in_float32_and_large_ones_in_bf16_on_a_bf16_cpu(demo_project, monkeypatch):
+    from recomil.training import device as dev
+
+    monkeypatch.setattr(dev, "cpu_has_native_bf16", lambda: True)
+    sizes = FeatureStore(demo_project / paths.STORE).sizes("high")
+    median = float(np.median(sizes[BagSet(FeatureStore(demo_project / paths.STORE),
+                                          load_split(demo_project / paths.SPLIT)[0]["train"]).positions]))
+    assert 30 <= median <= 50  # the SMALL demo's training bags
+    assert _train(demo_project, "amp-small", epochs=1, save_policy="last")[1]["precision"] == "fp32"
+    assert _train(demo_project, "amp-forced", epochs=1, save_policy="last", amp="bf16")[1]["precision"] == "bf16"
+    monkeypatch.setattr(dev, "CPU_BF16_MIN_PATCHES", int(median))  # the training bags' median: large enough
+    assert _train(demo_project, "amp-large", epochs=1, save_policy="last")[1]["precision"] == "bf16"

@@ -180,6 +180,23 @@ def test_amp_auto_is_bf16_on_a_cpu_with_native_bf16_and_float32_without(monkeypa
     assert dev.precision_name(torch.bfloat16) == "bf16" and dev.precision_name(None) == "fp32"
 
 
+def test_amp_auto_on_a_cpu_keeps_float32_for_bags_below_the_bf16_threshold(monkeypatch):
+    from recomil.training import device as dev
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    monkeypatch.setattr(dev, "cpu_has_native_bf16", lambda: True)
+    n = dev.CPU_BF16_MIN_PATCHES
+    assert n == 256
+    assert dev.autocast_dtype("auto", cpu, n - 0.5) is None
+    assert dev.autocast_dtype("auto", cpu, n) is torch.bfloat16
+    assert dev.autocast_dtype("auto", cpu, None) is torch.bfloat16
+    assert dev.autocast_dtype("bf16", cpu, 5) is torch.bfloat16  # asked for: no size rule
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: True)
+    assert dev.autocast_dtype("auto", cuda, 5) is torch.bfloat16  # the rule is the CPU's
+    assert "median of 40 high-scale patches is below 256" in dev.auto_precision_reason("auto", cpu, 40)
+    assert dev.auto_precision_reason("auto", cpu, 500) == "" and dev.auto_precision_reason("bf16", cpu, 40) == ""
+
+
 def test_importing_recomil_caps_onednns_shape_cache_unless_the_environment_sets_it():
     """bf16 on a CPU: oneDNN caches a primitive per bag shape (1,024 by default, ~8 MB each);
     recomil caps the cache at import, before any computation, and keeps a user's own value."""

@@ -38,11 +38,21 @@ def _cpu_flags() -> set[str]:
     return set()
 
 
-def autocast_dtype(amp: str, device: torch.device) -> torch.dtype | None:
+# Below this median number of high-scale patches per training bag, bf16 autocast on a CPU costs more
+# (casts around every product) than its faster products save. Measured (benchmarks/model_step_small.md,
+# D 64 and 768, 1 and 2 threads): bf16 steps 1.2-2.3x slower at 32 and 128 patches, 0.6-0.8x from 512 on;
+# at 256 faster with 1 thread (0.85-0.91x), slower with 2 (1.3-1.4x). Slides have thousands of patches;
+# the classic MIL sets (musk1, elephant: 2-40 instances per bag) are far below.
+CPU_BF16_MIN_PATCHES = 256
+
+
+def autocast_dtype(amp: str, device: torch.device, median_patches: float | None = None) -> torch.dtype | None:
     """The autocast dtype for ``amp`` on ``device`` (None: full float32).
 
     ``auto``: bf16 on a CUDA device that supports it, else fp16 on CUDA; on a CPU bf16 where the
-    processor has native bf16 arithmetic (:func:`cpu_has_native_bf16`), else float32.
+    processor has native bf16 arithmetic (:func:`cpu_has_native_bf16`) and the bags are large enough
+    for it to pay (``median_patches``, the median high-scale bag size of the training slides, at least
+    :data:`CPU_BF16_MIN_PATCHES`; None: not known, taken as large), else float32.
     ``fp16`` on CPU is refused (CPU autocast has no fp16 benefit and no grad scaler).
     """
     if amp == "off":
@@ -55,7 +65,17 @@ def autocast_dtype(amp: str, device: torch.device) -> torch.dtype | None:
         return torch.float16
     if device.type == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return torch.bfloat16 if cpu_has_native_bf16() else None
+    small = median_patches is not None and median_patches < CPU_BF16_MIN_PATCHES
+    return torch.bfloat16 if cpu_has_native_bf16() and not small else None
+
+
+def auto_precision_reason(amp: str, device: torch.device, median_patches: float | None) -> str:
+    """Why ``amp: auto`` chose float32 on a CPU with native bf16 (small bags), else ``""``: for the log."""
+    if (amp == "auto" and device.type == "cpu" and cpu_has_native_bf16() and median_patches is not None
+            and median_patches < CPU_BF16_MIN_PATCHES):
+        return (f"; the training bags' median of {median_patches:g} high-scale patches is below "
+                f"{CPU_BF16_MIN_PATCHES}, where bf16 steps are slower than float32 on a CPU; amp: bf16 forces bf16")
+    return ""
 
 
 def precision_name(dtype: torch.dtype | None) -> str:

@@ -41,7 +41,7 @@ from recomil.model import build_model
 from recomil.model.mil import MILClassifier
 from recomil.training import distributed as ddp
 from recomil.training.bags import BagSet
-from recomil.training.device import autocast_dtype, pick_device, precision_name
+from recomil.training.device import auto_precision_reason, autocast_dtype, pick_device, precision_name
 from recomil.training.schedule import lr_factor, temperature
 from recomil.training.threads import ThreadShare, running_trainings, usable_cores
 from recomil.training.tracking import Tracker
@@ -237,7 +237,9 @@ def train_fold(p: Params, store: FeatureStore, split: dict[str, list[str]],
     check_sync = os.environ.get("RECOMIL_CHECK_SYNC") == "1"
     if device.type == "cuda" and world > 1:
         device = torch.device("cuda", torch.cuda.current_device())
-    amp = autocast_dtype(p.amp, device)
+    train, val = BagSet(store, split["train"], mp.scales), BagSet(store, split["val"], mp.scales)
+    median_patches = float(np.median(store.sizes(mp.scales[0])[train.positions])) if len(train) else None
+    amp = autocast_dtype(p.amp, device, median_patches)
     torch.manual_seed(member_seed(p.seed, fold, member))
     recomil = mp.model == "recomil"
     model = build_model(mp, {s: torch.from_numpy(v["centres"]) for s, v in prototypes.items()} if recomil else None,
@@ -247,7 +249,6 @@ def train_fold(p: Params, store: FeatureStore, split: dict[str, list[str]],
     # fused: one kernel for all parameters (CPU and CUDA), the same Adam update as the loop of the original
     opt = torch.optim.Adam(model.parameters(), lr=p.lr, weight_decay=p.weight_decay, fused=True)
     scaler = torch.amp.GradScaler("cuda", enabled=amp == torch.float16)
-    train, val = BagSet(store, split["train"], mp.scales), BagSet(store, split["val"], mp.scales)
     # the weights validated, selected and saved: their moving average (ema_epochs > 0) or the weights
     average = weight_average(model, p, len(ddp.shard(np.arange(len(train)), rank, world)))
     weight = class_weights(train.labels, mp.num_classes).to(device) if p.class_weight else None
@@ -299,7 +300,8 @@ def train_fold(p: Params, store: FeatureStore, split: dict[str, list[str]],
                   file=sys.stderr)
     if main:
         print(f"train: {tag} on {device.type}, autocast {precision_name(amp)} (amp: {p.amp}"
-              f"{'; amp: off trains in float32' if amp is not None else ''})", file=sys.stderr)
+              f"{'; amp: off trains in float32' if amp is not None else ''}"
+              f"{auto_precision_reason(p.amp, device, median_patches)})", file=sys.stderr)
     select_from = selection_start(p, policy)
     if main and select_from > 1:
         print(f"train: {tag}: the model is selected from epoch {select_from} on, after warm-up and prototype "
