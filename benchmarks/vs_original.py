@@ -108,6 +108,8 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "recomil-ema2": {"ema_epochs": 2.0},          # validate, select and save the weights' moving average (2 epochs)
     "recomil-ema5": {"ema_epochs": 5.0},          # ... with a 5-epoch time constant
     "recomil-val20": {"val_split": 0.2},          # twice the validation patients (12 of c768's 60 slides)
+    "recomil-ens3-kmeans": {"ensemble": 3, "ensemble_protos": "resample"},  # ... each with k-means prototypes
+                                                  # of its own: members differ in all the seed draws
     "recomil-bf16": {"amp": "bf16"},              # bf16 autocast whatever the bag size (amp: auto's choice on a
                                                   # bf16 CPU before it kept float32 for bags under 256 patches)
 }

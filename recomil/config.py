@@ -25,6 +25,7 @@ FUSIONS = ("learned", "confidence", "fixed")
 SAVE_POLICIES = ("val_auc", "val_acc", "joint", "val_loss", "train_loss", "last")
 TIE_BREAKS = ("val_loss", "none")
 ENSEMBLE_VALS = ("resplit", "shared")
+ENSEMBLE_PROTOS = ("shared", "resample")
 AMP_MODES = ("auto", "bf16", "fp16", "off")
 WANDB_MODES = ("offline", "online", "disabled")
 MODELS = ("recomil", "abmil")
@@ -174,6 +175,7 @@ class Params:
     select_after_warmup: bool = True
     ensemble: int = 1
     ensemble_val: str = "resplit"
+    ensemble_protos: str = "shared"
     ema_epochs: float = 0.0
     snapshots: int = 1
     amp: str = "auto"
@@ -214,6 +216,7 @@ _CHOICES = {
     "save_policy": SAVE_POLICIES,
     "tie_break": TIE_BREAKS,
     "ensemble_val": ENSEMBLE_VALS,
+    "ensemble_protos": ENSEMBLE_PROTOS,
     "amp": AMP_MODES,
     "wandb_mode": WANDB_MODES,
     "model": MODELS,

@@ -436,3 +436,42 @@ def test_amp_auto_trains_small_bags_in_float32_and_large_ones_in_bf16_on_a_bf16_
     assert _train(demo_project, "amp-forced", epochs=1, save_policy="last", amp="bf16")[1]["precision"] == "bf16"
     monkeypatch.setattr(dev, "CPU_BF16_MIN_PATCHES", int(median))  # the training bags' median: large enough
     assert _train(demo_project, "amp-large", epochs=1, save_policy="last")[1]["precision"] == "bf16"
+
+
+def test_ensemble_protos_resample_gives_each_member_k_means_prototypes_of_its_own(demo_project, monkeypatch):
+    """``ensemble_protos: resample``: the prototypes stage fits centres per further member on the same
+    training slides from another k-means seed; member 0 keeps the fold's centres (the run without an
+    ensemble), and each member's model starts from its own (checked through the saved weights of a
+    one-epoch run with the prototypes frozen)."""
+    from recomil.pipeline import prototypes_stage, train_stage
+
+    monkeypatch.chdir(demo_project)
+    base = dict(SMALL, epochs=1, warmup_epochs=1, freeze_protos_epochs=1, wandb_mode="disabled", bootstrap=0,
+                threads=1, ensemble=3, save_policy="last")
+    before = load_prototypes(("high", "low"), 0)
+    p = make_params({**base, "ensemble_protos": "resample"})
+    for scale in ("high", "low"):
+        prototypes_stage.run_prototypes(p, scale)
+    own = [load_prototypes(("high", "low"), 0, member=m) for m in range(3)]
+    for s in ("high", "low"):
+        assert np.array_equal(own[0][s]["centres"], before[s]["centres"])  # member 0: the fold's centres
+        assert np.array_equal(own[1][s]["mean"], before[s]["mean"])  # same training slides, same statistics
+        assert own[1][s]["centres"].shape == before[s]["centres"].shape
+        assert not np.allclose(own[1][s]["centres"], before[s]["centres"])
+        assert not np.allclose(own[2][s]["centres"], own[1][s]["centres"])
+        assert own[1][s]["counts"].sum() == before[s]["counts"].sum()  # every training patch counted once
+    train_stage.run_train(p, progress=False)
+    for m, name in enumerate(["best.pt", "best_m1.pt", "best_m2.pt"]):
+        state = torch.load(paths.MODELS / "fold_0" / name, weights_only=True)["state_dict"]
+        for s in ("high", "low"):
+            assert np.allclose(state[f"branches.{s}.protos"].numpy(), own[m][s]["centres"], atol=1e-6), (name, s)
+    # shared (the default): one set per fold, every member starts from it
+    shared = make_params({**base, "ensemble_protos": "shared"})
+    for scale in ("high", "low"):
+        prototypes_stage.run_prototypes(shared, scale)
+    assert not list((demo_project / paths.PROTOTYPES / "high").glob("fold_0_m*.npz"))
+    with pytest.raises(ValueError, match="fold_0_m1.npz: prototype file missing"):
+        load_prototypes(("high",), 0, member=1)
+    train_stage.run_train(shared, progress=False)
+    state = torch.load(paths.MODELS / "fold_0" / "best_m2.pt", weights_only=True)["state_dict"]
+    assert np.allclose(state["branches.high.protos"].numpy(), before["high"]["centres"], atol=1e-6)

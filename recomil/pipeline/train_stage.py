@@ -77,6 +77,9 @@ def _train_all(p: Params, progress: bool) -> dict[str, Any]:
         protos = load_prototypes(scales, k, paths.PROTOTYPES, expect)
         members = []
         for m in range(p.ensemble):
+            mprotos = protos
+            if m and p.model == "recomil" and p.ensemble_protos == "resample":  # centres of the member's own
+                mprotos = load_prototypes(scales, k, paths.PROTOTYPES, expect, member=m)
             tail = f"_m{m}" if m else ""
             run_id = hashlib.sha256(json.dumps([p.to_dict(), split, k, experiment_name(), *([m] if m else [])],
                                                sort_keys=True, default=str).encode()).hexdigest()[:20]
@@ -93,7 +96,7 @@ def _train_all(p: Params, progress: bool) -> dict[str, Any]:
                     print(f"train: fold {k} member {m} selects on validation slides of its own "
                           f"({len(msplit['val'])}, ensemble_val: resplit; {same} shared with member 0)",
                           file=sys.stderr)
-                summary = train_fold(p, store, msplit, protos, paths.MODELS / f"fold_{k}", resume, tracker, k,
+                summary = train_fold(p, store, msplit, mprotos, paths.MODELS / f"fold_{k}", resume, tracker, k,
                                      progress, member=m)
                 tracker.summary({"best_epoch": summary["best_epoch"], "best_score": summary["best_score"]})
                 tracker.artifact(f"recomil-fold{k}{tail}-best", "model",
