@@ -7,6 +7,7 @@ import sys
 
 import numpy as np
 import pandas as pd
+import pytest
 import torch
 import yaml
 
@@ -23,6 +24,7 @@ def test_shards_are_equal_length_and_cover_everything():
     assert np.array_equal(shard(order, 0, 1), order)
 
 
+@pytest.mark.slow  # ~20 s: two training processes
 def test_two_processes_keep_identical_weights_and_write_complete_outputs(project, tiny_params):
     prepare_demo(tiny_params)
     params = {**TINY, "epochs": 2, "nproc": 2, "wandb_mode": "disabled"}

@@ -217,6 +217,7 @@ def _cmu_features(folder: Path, d: int = 16) -> None:
             c.attrs["patch_size_level0"] = size
 
 
+@pytest.mark.slow  # ~18 s: a real slide drawn twice
 def test_heatmap_and_predict_slides_dir_draw_new_slides(project, tiny_params, capsys):
     from recomil.cli import main as recomil
     from recomil.pipeline import train_stage
