@@ -378,7 +378,8 @@ def earlier_only(earlier: list[dict[str, Any]], current: list[dict[str, Any]]) -
 def step_change_section(current: list[dict[str, Any]], earlier: list[dict[str, Any]], what: str) -> list[str]:
     """The defaults row of the current step against the earlier step's, paired on (seed, fold).
 
-    One table row per data set that both steps ran: mean +- std test AUC of each, the seed sd of
+    One table row per data set that both steps ran, over the seeds the current step ran: mean +- std
+    test AUC of each, the seed sd of
     each (standard deviation of the per-seed means), the paired difference (current minus earlier)
     +- its standard error with the runs the current step won, and the mean epochs run of each.
     """
@@ -387,7 +388,8 @@ def step_change_section(current: list[dict[str, Any]], earlier: list[dict[str, A
 
     out = []
     for ds in [d for d in [*DEMO_SETS, *REAL_SETS] if runs(current, d) and runs(earlier, d)]:
-        now, was = runs(current, ds), runs(earlier, ds)
+        now = runs(current, ds)
+        was = [r for r in runs(earlier, ds) if r["seed"] in {n["seed"] for n in now}]  # the same seeds
         a = {(r["seed"], i): f["auc"] for r in now for i, f in enumerate(r["per_fold"])}
         b = {(r["seed"], i): f["auc"] for r in was for i, f in enumerate(r["per_fold"])}
         m, se, wins, n = _paired(a, b)
