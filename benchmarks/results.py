@@ -360,6 +360,8 @@ def accuracy_section(records: list[dict[str, Any]], root: Path = CACHE, earlier:
               "Read from the paired differences above: a difference counts where it exceeds two standard errors "
               "(the (seed, fold) runs are treated as independent, which flatters the precision somewhat).", ""]
     lines += [f"- {c}" for c in cautions]
+    if not verdicts and not cautions:
+        lines.append("- No row besides the defaults has been run with this step yet (see Coverage).")
     for ds, row, m, se in verdicts:
         lines.append(f"- {ds}: {verdict(row, m, se)} ({m:+.3f} +- {se:.3f} AUC).")
     return lines + [""]
