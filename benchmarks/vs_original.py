@@ -350,7 +350,7 @@ def paired(a: dict[int, float], b: dict[int, float]) -> tuple[float, float, int]
 
 def ensemble_estimates(records: list[dict[str, Any]], program: str = "recomil") -> list[tuple]:
     """Per cohort: AUC of single seed runs against the AUC of the mean test probability of M = 3
-    seed runs, over every 3-subset of the recorded seeds (records with ``test_prob``)."""
+    seed runs, over every 3-subset of the recorded seeds (records with ``test_prob``; 4 seeds or more)."""
     from itertools import combinations
 
     from sklearn.metrics import roc_auc_score
@@ -358,7 +358,7 @@ def ensemble_estimates(records: list[dict[str, Any]], program: str = "recomil") 
     out = []
     for cohort in COHORTS:
         runs = [r for r in records if r["cohort"] == cohort and r["program"] == program and r.get("test_prob")]
-        if len(runs) < 3:
+        if len(runs) < 4:  # at least 4 subsets of 3, so that their sd is defined
             continue
         ids = sorted(runs[0]["test_ids"])
         if any(sorted(r["test_ids"]) != ids or "test_labels" not in r for r in runs):
