@@ -56,13 +56,13 @@ def run_prototypes(p: Params, scale: str, store_dir: Path = paths.STORE, split_p
         offsets, data = store.offsets(scale), store.array(scale)
         for fold, split in enumerate(load_split(split_path)):
             bags = [store.position(s) for s in split["train"]]
+            dim = data.shape[1]
+            mean, std = np.zeros(dim, np.float32), np.ones(dim, np.float32)
+            view = data
             for member in range(prototype_members(p)):
                 seed = member_kmeans_seed(p, fold, member)
                 sample, full = sample_rows(offsets, bags, p.kmeans_sample_ratio, p.kmeans_max_per_slide, seed)
-                dim = data.shape[1]
-                mean, std = np.zeros(dim, np.float32), np.ones(dim, np.float32)
-                view = data
-                if p.standardize and len(full):
+                if member == 0 and p.standardize and len(full):  # every training row: the same for all members
                     mean, std = feature_stats(data, full)
                     view = StandardizedRows(data, mean, std)
                 try:
