@@ -210,3 +210,13 @@ def test_importing_recomil_caps_onednns_shape_cache_unless_the_environment_sets_
     out = subprocess.run([sys.executable, "-c", code], env={**env, "ONEDNN_PRIMITIVE_CACHE_CAPACITY": "64"},
                          capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "64"
+
+
+def test_member_zero_trains_with_the_seed_of_a_run_without_an_ensemble():
+    """Member 0's torch seed is ``seed + fold``, the plain run's (so ``ensemble: 1`` results are those of
+    member 0); further members draw seeds of their own from ``(seed, fold, member)``."""
+    from recomil.training.trainer import member_seed
+
+    assert member_seed(7, 2, 0) == 9 and member_seed(2025, 0, 0) == 2025
+    seeds = {member_seed(7, 2, m) for m in range(5)}
+    assert len(seeds) == 5 and member_seed(7, 2, 3) == member_seed(7, 2, 3) != member_seed(8, 2, 3)
