@@ -108,8 +108,10 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "recomil-ema2": {"ema_epochs": 2.0},          # validate, select and save the weights' moving average (2 epochs)
     "recomil-ema5": {"ema_epochs": 5.0},          # ... with a 5-epoch time constant
     "recomil-val20": {"val_split": 0.2},          # twice the validation patients (12 of c768's 60 slides)
-    "recomil-ens3-kmeans": {"ensemble": 3, "ensemble_protos": "resample"},  # ... each with k-means prototypes
+    "recomil-ens3-kmeans": {"ensemble": 3, "ensemble_protos": "resample"},
+                                                  # ... each with k-means prototypes
                                                   # of its own: members differ in all the seed draws
+    "recomil-ens5": {"ensemble": 5},              # five models per fold; every member's test predictions kept
     "recomil-bf16": {"amp": "bf16"},              # bf16 autocast whatever the bag size (amp: auto's choice on a
                                                   # bf16 CPU before it kept float32 for bags under 256 patches)
 }
@@ -304,7 +306,28 @@ def recomil_child(unit: Path) -> None:
            "train_seconds": round(train_s, 1),
            "test_ids": pred["slide_id"].astype(str).tolist(), "test_prob": pred["prob_tumor"].round(6).tolist(),
            "test_labels": (pred["label"] == "tumor").astype(int).tolist()}
+    if p.ensemble > 1:  # each member's own test probabilities: ensembles of 1..M members from one run
+        rec["member_test_prob"] = member_test_probs(rec["test_ids"])
     (unit / "child.json").write_text(json.dumps(rec))
+
+
+def member_test_probs(test_ids: list[str]) -> list[list[float]]:
+    """The tumour probability of each ensemble member (``best.pt``, ``best_m1.pt``, ...) of fold 0 on
+    the test slides ``test_ids``, member by member: ``[M][S]`` (in the child's project directory)."""
+    from recomil.data.store import FeatureStore
+    from recomil.inference import load_model, member_files, predict_bags
+    from recomil.pipeline import paths
+    from recomil.training.bags import BagSet
+
+    store = FeatureStore(paths.STORE)
+    tumour = store.classes.index("tumor")
+    out = []
+    for f in member_files(paths.MODELS / "fold_0"):
+        model = load_model(f)[0]
+        test = BagSet(store, test_ids, tuple(model.scales))
+        probs, _ = predict_bags(model, (test.bag(j) for j in range(len(test))))
+        out.append(np.round(probs[:, tumour], 6).tolist())
+    return out
 
 
 def run_unit(cohort_name: str, program: str, seed: int, work: Path, original: Path | None,
@@ -370,6 +393,33 @@ def ensemble_estimates(records: list[dict[str, Any]], program: str = "recomil") 
         subs = list(combinations(range(len(runs)), m))
         aucs = np.array([roc_auc_score(labels, probs[list(sub)].mean(0)) for sub in subs])
         out.append((cohort, m, len(subs), single.mean(), single.std(ddof=1), aucs.mean(), aucs.std(ddof=1)))
+    return out
+
+
+def member_curves(records: list[dict[str, Any]]) -> list[tuple]:
+    """Per cohort and program whose records keep every ensemble member's test probabilities
+    (``member_test_prob``): for M = 1 .. members, the test AUC of the mean probability of the first
+    M members, mean ± sd over seeds; and the sd of the single members' AUC within a seed (averaged
+    over seeds), against the sd across seeds of member 0 (a run without an ensemble)."""
+    from sklearn.metrics import roc_auc_score
+
+    out = []
+    for cohort in COHORTS:
+        for program in VARIANTS:
+            runs = [r for r in records if r["cohort"] == cohort and r["program"] == program
+                    and r.get("member_test_prob")]
+            if len(runs) < 2:
+                continue
+            n_members = min(len(r["member_test_prob"]) for r in runs)
+            per_seed = []
+            for r in runs:
+                probs, labels = np.array(r["member_test_prob"], float)[:n_members], np.array(r["test_labels"])
+                per_seed.append([roc_auc_score(labels, probs[:m].mean(0)) for m in range(1, n_members + 1)]
+                                + [float(np.std([roc_auc_score(labels, q) for q in probs], ddof=1))])
+            a = np.array(per_seed)
+            for m in range(1, n_members + 1):
+                out.append((cohort, program, len(runs), m, a[:, m - 1].mean(), a[:, m - 1].std(ddof=1),
+                            a[:, -1].mean()))
     return out
 
 
@@ -456,6 +506,15 @@ def report(records: list[dict[str, Any]]) -> str:
                   "(mean ± sd) |", "| --- | --- | --- | --- | --- | --- |"]
         lines += [f"| {c} | {pr} | {m} | {n} | {a:.3f} ± {sa:.3f} | {b:.3f} ± {sb:.3f} |"
                   for pr, c, m, n, a, sa, b, sb in ens]
+    curves = member_curves(records)
+    if curves:
+        lines += ["", "Ensemble size within the same runs (programs whose records keep every member's test "
+                  "probabilities): test AUC of the mean probability of the first M members of each seed's "
+                  "ensemble (M = 1 is the run without an ensemble), mean ± sd over seeds; and the sd of the "
+                  "single members' AUC within one seed's ensemble, averaged over seeds.", "",
+                  "| cohort | program | seeds | M | AUC of the first M members (mean ± sd over seeds) "
+                  "| member sd within a seed |", "| --- | --- | --- | --- | --- | --- |"]
+        lines += [f"| {c} | {pr} | {n} | {m} | {a:.3f} ± {sa:.3f} | {w:.3f} |" for c, pr, n, m, a, sa, w in curves]
     lines += ["", "Cohorts (demo generator settings, original's C16 pkl layout):", ""]
     for name, c in COHORTS.items():
         if "classic" in c:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 import sys
 
+import numpy as np
 import pytest
 
 from tests.conftest import REPO
@@ -84,3 +85,29 @@ def test_a_classic_set_is_written_in_the_originals_layout_with_a_stratified_test
             assert np.array_equal(feats, bags[sid])  # the same features at both scales
         assert (y == "tumor") == (labels[int(sid[1:])] == 1)
     assert vs.make_cohort("toy", tmp_path / "work") == root  # written once
+
+
+@pytest.mark.slow
+def test_an_ensemble_unit_keeps_each_members_test_probabilities_and_the_report_curves_them(tmp_path, monkeypatch):
+    # a tiny generated cohort and a 2-member ensemble trained for a few epochs, through the benchmark's
+    # own child process: the ensemble's test probability is the mean of the members' recorded ones
+    monkeypatch.setattr(vs, "CACHE", tmp_path / "cache")
+    monkeypatch.setitem(vs.COHORTS, "tiny", {"demo_seed": 5, "demo_feat_dim": 16, "demo_train_slides": 16,
+                                             "demo_test_slides": 8, "demo_min_patches": 20, "demo_max_patches": 40,
+                                             "demo_tumour_min": 0.1, "demo_tumour_max": 0.3})
+    monkeypatch.setitem(vs.VARIANTS, "tiny-ens2", {"ensemble": 2, "epochs": 3, "warmup_epochs": 1,
+                                                   "freeze_protos_epochs": 1, "num_protos_high": 8,
+                                                   "num_protos_low": 8})
+    recs = [vs.run_unit("tiny", "tiny-ens2", seed, tmp_path / "work", None, 1) for seed in (1, 2)]
+    for rec in recs:
+        members = np.array(rec["member_test_prob"])
+        assert members.shape == (2, 8)
+        assert not np.allclose(members[0], members[1])  # two models, not one twice
+        np.testing.assert_allclose(members.mean(0), rec["test_prob"], atol=2e-6)
+    rows = [line for line in vs.report(recs).splitlines() if line.startswith("| tiny | tiny-ens2 |")]
+    from sklearn.metrics import roc_auc_score
+    m1 = [roc_auc_score(r["test_labels"], r["member_test_prob"][0]) for r in recs]
+    m2 = [r["auc"] for r in recs]
+    assert [row.split(" | ")[3] for row in rows] == ["1", "2"]
+    assert f"{np.mean(m1):.3f} ± {np.std(m1, ddof=1):.3f}" in rows[0]
+    assert f"{np.mean(m2):.3f} ± {np.std(m2, ddof=1):.3f}" in rows[1]
