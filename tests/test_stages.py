@@ -78,6 +78,28 @@ def test_training_is_deterministic_and_resumes_exactly(project, tiny_params, mon
     assert not (paths.RESUME / "fold_0.pt").exists()
 
 
+def test_a_prototypes_rerun_with_the_same_centres_writes_the_same_bytes(project, tiny_params, monkeypatch):
+    # DVC hashes the output folder: a timing (or anything else that changes between identical
+    # runs) in it would make `dvc repro` re-train after every prototypes re-run
+    prepare_demo(tiny_params)
+
+    def snapshot():
+        return {f.relative_to(paths.PROTOTYPES): f.read_bytes() for f in sorted(paths.PROTOTYPES.rglob("*"))
+                if f.is_file()}
+
+    first = snapshot()
+    seconds = iter([0.5, 7.0, 0.25, 3.0])
+    real = prototypes_stage.lloyd_kmeans
+
+    def timed(*args, **kwargs):  # the same centres, other wall times
+        return dataclasses.replace(real(*args, **kwargs), seconds=next(seconds))
+
+    monkeypatch.setattr(prototypes_stage, "lloyd_kmeans", timed)
+    returned = [prototypes_stage.run_prototypes(tiny_params, scale) for scale in ("high", "low")]
+    assert snapshot() == first
+    assert [f["seconds"] for r in returned for f in r["folds"]] == [0.5, 7.0]  # the log keeps them
+
+
 def test_single_scale_folder_and_abmil(project, tiny_params, tmp_path):
     root = tmp_path / "bags"
     root.mkdir()
