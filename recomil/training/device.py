@@ -65,14 +65,18 @@ def autocast_dtype(amp: str, device: torch.device, median_patches: float | None 
         return torch.float16
     if device.type == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    small = median_patches is not None and median_patches < CPU_BF16_MIN_PATCHES
-    return torch.bfloat16 if cpu_has_native_bf16() and not small else None
+    return torch.bfloat16 if cpu_has_native_bf16() and not _too_small_for_cpu_bf16(median_patches) else None
+
+
+def _too_small_for_cpu_bf16(median_patches: float | None) -> bool:
+    """The training bags are known to be below :data:`CPU_BF16_MIN_PATCHES` high-scale patches."""
+    return median_patches is not None and median_patches < CPU_BF16_MIN_PATCHES
 
 
 def auto_precision_reason(amp: str, device: torch.device, median_patches: float | None) -> str:
     """Why ``amp: auto`` chose float32 on a CPU with native bf16 (small bags), else ``""``: for the log."""
-    if (amp == "auto" and device.type == "cpu" and cpu_has_native_bf16() and median_patches is not None
-            and median_patches < CPU_BF16_MIN_PATCHES):
+    if (amp == "auto" and device.type == "cpu" and cpu_has_native_bf16()
+            and _too_small_for_cpu_bf16(median_patches)):
         return (f"; the training bags' median of {median_patches:g} high-scale patches is below "
                 f"{CPU_BF16_MIN_PATCHES}, where bf16 steps are slower than float32 on a CPU; amp: bf16 forces bf16")
     return ""
