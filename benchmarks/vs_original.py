@@ -108,9 +108,8 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "recomil-ema2": {"ema_epochs": 2.0},          # validate, select and save the weights' moving average (2 epochs)
     "recomil-ema5": {"ema_epochs": 5.0},          # ... with a 5-epoch time constant
     "recomil-val20": {"val_split": 0.2},          # twice the validation patients (12 of c768's 60 slides)
+    # three models per fold, each with k-means prototypes of its own: the members differ in every seed draw
     "recomil-ens3-kmeans": {"ensemble": 3, "ensemble_protos": "resample"},
-                                                  # ... each with k-means prototypes
-                                                  # of its own: members differ in all the seed draws
     "recomil-ens5": {"ensemble": 5},              # five models per fold; every member's test predictions kept
     "recomil-bf16": {"amp": "bf16"},              # bf16 autocast whatever the bag size (amp: auto's choice on a
                                                   # bf16 CPU before it kept float32 for bags under 256 patches)
@@ -321,13 +320,10 @@ def member_test_probs(test_ids: list[str]) -> list[list[float]]:
 
     store = FeatureStore(paths.STORE)
     tumour = store.classes.index("tumor")
-    out = []
-    for f in member_files(paths.MODELS / "fold_0"):
-        model = load_model(f)[0]
-        test = BagSet(store, test_ids, tuple(model.scales))
-        probs, _ = predict_bags(model, (test.bag(j) for j in range(len(test))))
-        out.append(np.round(probs[:, tumour], 6).tolist())
-    return out
+    models = [load_model(f)[0] for f in member_files(paths.MODELS / "fold_0")]
+    test = BagSet(store, test_ids, tuple(models[0].scales))  # every member reads the same scales
+    bags = [test.bag(j) for j in range(len(test))]  # read once for all members
+    return [np.round(predict_bags(model, bags)[0][:, tumour], 6).tolist() for model in models]
 
 
 def run_unit(cohort_name: str, program: str, seed: int, work: Path, original: Path | None,
@@ -400,7 +396,7 @@ def member_curves(records: list[dict[str, Any]]) -> list[tuple]:
     """Per cohort and program whose records keep every ensemble member's test probabilities
     (``member_test_prob``): for M = 1 .. members, the test AUC of the mean probability of the first
     M members, mean ± sd over seeds; and the sd of the single members' AUC within a seed (averaged
-    over seeds), against the sd across seeds of member 0 (a run without an ensemble)."""
+    over seeds). Rows: ``(cohort, program, seeds, M, mean AUC, sd AUC, member sd within a seed)``."""
     from sklearn.metrics import roc_auc_score
 
     out = []
