@@ -111,9 +111,16 @@ VARIANTS: dict[str, dict[str, Any]] = {
     # three models per fold, each with k-means prototypes of its own: the members differ in every seed draw
     "recomil-ens3-kmeans": {"ensemble": 3, "ensemble_protos": "resample"},
     "recomil-ens5": {"ensemble": 5},              # five models per fold; every member's test predictions kept
+    "recomil-ens10": {"ensemble": 10},            # ten: members 5-9 trained, 0-4 taken from recomil-ens5 (GROWS)
     "recomil-bf16": {"amp": "bf16"},              # bf16 autocast whatever the bag size (amp: auto's choice on a
                                                   # bf16 CPU before it kept float32 for bags under 256 patches)
 }
+#: A larger ensemble's unit that reuses the recorded members of a smaller one (same cohort and seed):
+#: member m draws its weights, dropout, bag order and validation slides from ``(seed, fold, m)``
+#: alone (:func:`recomil.pipeline.train_stage.train_member`), so the first members of an ensemble of
+#: 10 are those of an ensemble of 5; only the further members are trained and their test
+#: probabilities appended to the smaller ensemble's record.
+GROWS: dict[str, str] = {"recomil-ens10": "recomil-ens5"}
 PROGRAMS = ("original", *VARIANTS)
 DEFAULT_PROGRAMS = ("original", "recomil", "recomil-original")
 
@@ -293,6 +300,8 @@ def recomil_child(unit: Path) -> None:
     data_stages.run_split(p)
     for scale in ("high", "low"):
         prototypes_stage.run_prototypes(p, scale)
+    if (unit / "grow.json").is_file():
+        return grow_child(unit, p, json.loads((unit / "grow.json").read_text())["first"])
     summary = train_stage.run_train(p, progress=False)["folds"][0]
     evaluate_stage.run_evaluate(p)
     pred = pd.read_csv("results/predictions.csv")
@@ -310,9 +319,41 @@ def recomil_child(unit: Path) -> None:
     (unit / "child.json").write_text(json.dumps(rec))
 
 
-def member_test_probs(test_ids: list[str]) -> list[list[float]]:
-    """The tumour probability of each ensemble member (``best.pt``, ``best_m1.pt``, ...) of fold 0 on
-    the test slides ``test_ids``, member by member: ``[M][S]`` (in the child's project directory)."""
+def grow_child(unit: Path, p: Any, first: int) -> None:
+    """Child of a :data:`GROWS` unit: train only members ``first`` .. ``ensemble - 1`` of fold 0 (the
+    stages before train already run) and record their test probabilities, ``member_test_prob``
+    ``[ensemble - first][S]``; the parent joins them to the smaller ensemble's record."""
+    import pandas as pd
+
+    from recomil.data.store import FeatureStore
+    from recomil.pipeline import paths
+    from recomil.pipeline.data_stages import load_split
+    from recomil.pipeline.prototypes_stage import load_prototypes
+    from recomil.pipeline.train_stage import train_member
+    from recomil.training.trainer import member_file, model_params
+
+    store = FeatureStore(paths.STORE)
+    split = load_split(paths.SPLIT)[0]
+    scales = model_params(p, store).scales
+    protos = load_prototypes(scales, 0, paths.PROTOTYPES, {s: (p.scale(s).num_protos, store.dims[s]) for s in scales})
+    summaries = [train_member(p, store, split, 0, m, protos) for m in range(first, p.ensemble)]
+    test_ids = list(split["test"])
+    labels = dict(zip(store.manifest["slide_id"], store.manifest["label"]))
+    train_s = sum(float(pd.read_csv(f)["epoch_seconds"].sum()) for f in Path("results/train_log").glob("fold_0*.csv"))
+    epoch_s = [float(x) for f in sorted(Path("results/train_log").glob("fold_0*.csv"))
+               for x in pd.read_csv(f)["epoch_seconds"]]
+    rec = {"test_ids": test_ids, "test_labels": [int(labels[i] == "tumor") for i in test_ids],
+           "member_test_prob": member_test_probs(test_ids, [paths.MODELS / "fold_0" / member_file(m)
+                                                            for m in range(first, p.ensemble)]),
+           "members_epochs_run": [s["epochs_run"] for s in summaries], "train_seconds": round(train_s, 1),
+           "epoch_seconds": float(np.mean(epoch_s)) if epoch_s else None}
+    (unit / "child.json").write_text(json.dumps(rec))
+
+
+def member_test_probs(test_ids: list[str], files: list[Path] | None = None) -> list[list[float]]:
+    """The tumour probability of each model file in ``files`` (default: the ensemble members
+    ``best.pt``, ``best_m1.pt``, ... of fold 0) on the test slides ``test_ids``, member by member:
+    ``[M][S]`` (in the child's project directory)."""
     from recomil.data.store import FeatureStore
     from recomil.inference import load_model, member_files, predict_bags
     from recomil.pipeline import paths
@@ -320,10 +361,37 @@ def member_test_probs(test_ids: list[str]) -> list[list[float]]:
 
     store = FeatureStore(paths.STORE)
     tumour = store.classes.index("tumor")
-    models = [load_model(f)[0] for f in member_files(paths.MODELS / "fold_0")]
+    models = [load_model(f)[0] for f in (files or member_files(paths.MODELS / "fold_0"))]
     test = BagSet(store, test_ids, tuple(models[0].scales))  # every member reads the same scales
     bags = [test.bag(j) for j in range(len(test))]  # read once for all members
     return [np.round(predict_bags(model, bags)[0][:, tumour], 6).tolist() for model in models]
+
+
+def grow_unit(cohort: Path, cohort_name: str, program: str, seed: int, unit: Path, threads: int) -> dict[str, Any]:
+    """A :data:`GROWS` unit: the smaller ensemble's record (which must exist) plus the further members,
+    trained in a child; the ensemble's test probability is the mean over all members, as the
+    evaluate stage averages them."""
+    base_file = CACHE / cohort_name / GROWS[program] / f"seed{seed}.json"
+    if not base_file.is_file():
+        sys.exit(f"error: {program} on {cohort_name} seed {seed} extends {GROWS[program]}'s record, and "
+                 f"{base_file} does not exist: run --programs {GROWS[program]} for that cohort and seed first")
+    base = json.loads(base_file.read_text())
+    first = len(base["member_test_prob"])
+    (unit / "grow.json").write_text(json.dumps({"first": first}))
+    tail = run_recomil(cohort, seed, unit, VARIANTS[program], threads)
+    if tail["test_ids"] != base["test_ids"]:
+        sys.exit(f"error: {program} on {cohort_name} seed {seed}: the test slides differ from {base_file}'s")
+    members = base["member_test_prob"] + tail["member_test_prob"]
+    prob = np.mean(np.array(members, float), axis=0)
+    labels = np.array(base["test_labels"])
+    return {**metrics_of(labels, prob), "epochs_run": base["epochs_run"], "best_epoch": base["best_epoch"],
+            "epoch_seconds": tail["epoch_seconds"],
+            "train_seconds": round(base["train_seconds"] + tail["train_seconds"], 1),
+            "test_ids": base["test_ids"], "test_prob": np.round(prob, 6).tolist(), "test_labels": base["test_labels"],
+            "member_test_prob": members, "grown_from": GROWS[program], "members_trained": [first, len(members)],
+            "members_epochs_run": tail["members_epochs_run"],
+            "seconds": round(base["seconds"] + tail["seconds"], 1),
+            "peak_rss_mb": max(base["peak_rss_mb"], tail["peak_rss_mb"])}
 
 
 def run_unit(cohort_name: str, program: str, seed: int, work: Path, original: Path | None,
@@ -339,6 +407,8 @@ def run_unit(cohort_name: str, program: str, seed: int, work: Path, original: Pa
     unit.mkdir(parents=True)
     if program == "original":
         rec = run_original(cohort, cohort_dim(cohort_name), seed, unit, original, threads)
+    elif program in GROWS:
+        rec = grow_unit(cohort, cohort_name, program, seed, unit, threads)
     else:
         rec = run_recomil(cohort, seed, unit, VARIANTS[program], threads)
     rec = {"cohort": cohort_name, "program": program, "seed": seed, "threads": threads, **rec}

@@ -111,3 +111,29 @@ def test_an_ensemble_unit_keeps_each_members_test_probabilities_and_the_report_c
     assert [row.split(" | ")[3] for row in rows] == ["1", "2"]
     assert f"{np.mean(m1):.3f} ± {np.std(m1, ddof=1):.3f}" in rows[0]
     assert f"{np.mean(m2):.3f} ± {np.std(m2, ddof=1):.3f}" in rows[1]
+
+
+@pytest.mark.slow
+def test_a_grown_ensemble_equals_the_ensemble_trained_whole(tmp_path, monkeypatch):
+    # ensemble 3 grown from a recorded ensemble of 2 (only member 2 trained) against ensemble 3 trained
+    # in one run: the members, the ensemble's probability and its AUC are the same
+    monkeypatch.setattr(vs, "CACHE", tmp_path / "cache")
+    monkeypatch.setitem(vs.COHORTS, "tiny", {"demo_seed": 5, "demo_feat_dim": 16, "demo_train_slides": 16,
+                                             "demo_test_slides": 8, "demo_min_patches": 20, "demo_max_patches": 40,
+                                             "demo_tumour_min": 0.1, "demo_tumour_max": 0.3})
+    small = {"epochs": 3, "warmup_epochs": 1, "freeze_protos_epochs": 1, "num_protos_high": 8, "num_protos_low": 8}
+    monkeypatch.setitem(vs.VARIANTS, "tiny-ens2", {"ensemble": 2, **small})
+    monkeypatch.setitem(vs.VARIANTS, "tiny-ens3", {"ensemble": 3, **small})
+    monkeypatch.setitem(vs.VARIANTS, "tiny-ens3-grown", {"ensemble": 3, **small})
+    monkeypatch.setitem(vs.GROWS, "tiny-ens3-grown", "tiny-ens2")
+    with pytest.raises(SystemExit, match="run --programs tiny-ens2"):  # nothing to grow from yet
+        vs.run_unit("tiny", "tiny-ens3-grown", 1, tmp_path / "work", None, 1)
+    base = vs.run_unit("tiny", "tiny-ens2", 1, tmp_path / "work", None, 1)
+    grown = vs.run_unit("tiny", "tiny-ens3-grown", 1, tmp_path / "work", None, 1)
+    whole = vs.run_unit("tiny", "tiny-ens3", 1, tmp_path / "work", None, 1)
+    assert grown["members_trained"] == [2, 3] and len(grown["members_epochs_run"]) == 1
+    assert grown["member_test_prob"][:2] == base["member_test_prob"]
+    np.testing.assert_allclose(grown["member_test_prob"], whole["member_test_prob"], atol=2e-6)
+    np.testing.assert_allclose(grown["test_prob"], whole["test_prob"], atol=2e-6)
+    assert grown["auc"] == pytest.approx(whole["auc"])
+    assert grown["train_seconds"] > base["train_seconds"]

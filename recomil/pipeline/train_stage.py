@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from recomil.config import Params
@@ -75,35 +76,7 @@ def _train_all(p: Params, progress: bool) -> dict[str, Any]:
     for k, split in enumerate(folds):
         expect = {s: (p.scale(s).num_protos, store.dims[s]) for s in scales} if p.model == "recomil" else None
         protos = load_prototypes(scales, k, paths.PROTOTYPES, expect)
-        members = []
-        for m in range(p.ensemble):
-            mprotos = protos
-            if m and p.model == "recomil" and p.ensemble_protos == "resample":  # centres of the member's own
-                mprotos = load_prototypes(scales, k, paths.PROTOTYPES, expect, member=m)
-            tail = f"_m{m}" if m else ""
-            run_id = hashlib.sha256(json.dumps([p.to_dict(), split, k, experiment_name(), *([m] if m else [])],
-                                               sort_keys=True, default=str).encode()).hexdigest()[:20]
-            tracker = Tracker(paths.TRAIN_LOG / f"fold_{k}{tail}.csv" if main else None,
-                              mode=p.wandb_mode if main else "disabled", project=p.wandb_project,
-                              name=f"train-fold{k}{tail}", group="recomil", config={**p.to_dict(), "fold": k,
-                                                                                    "member": m},
-                              wandb_dir=paths.WANDB_DIR, run_id=run_id)
-            resume = paths.RESUME / f"fold_{k}{tail}.pt"
-            try:
-                msplit = member_split(store.manifest, split, p, k, m)
-                if main and msplit is not split:
-                    same = len(set(msplit["val"]) & set(split["val"]))
-                    print(f"train: fold {k} member {m} selects on validation slides of its own "
-                          f"({len(msplit['val'])}, ensemble_val: resplit; {same} shared with member 0)",
-                          file=sys.stderr)
-                summary = train_fold(p, store, msplit, mprotos, paths.MODELS / f"fold_{k}", resume, tracker, k,
-                                     progress, member=m)
-                tracker.summary({"best_epoch": summary["best_epoch"], "best_score": summary["best_score"]})
-                tracker.artifact(f"recomil-fold{k}{tail}-best", "model",
-                                 paths.MODELS / f"fold_{k}" / member_file(m))
-            finally:
-                tracker.finish()
-            members.append(summary)
+        members = [train_member(p, store, split, k, m, protos, progress) for m in range(p.ensemble)]
         summaries.append({**members[0], "members": members[1:]} if p.ensemble > 1 else members[0])
     if main:
         (paths.MODELS / "summary.json").write_text(json.dumps({"folds": summaries}, indent=1))
@@ -111,3 +84,40 @@ def _train_all(p: Params, progress: bool) -> dict[str, Any]:
             for m in range(p.ensemble):
                 Path(paths.RESUME / f"fold_{k}{f'_m{m}' if m else ''}.pt").unlink(missing_ok=True)
     return {"folds": summaries}
+
+
+def train_member(p: Params, store: FeatureStore, split: dict[str, list[str]], k: int, m: int,
+                 protos: dict[str, dict[str, np.ndarray]], progress: bool = False) -> dict[str, Any]:
+    """Train ensemble member ``m`` of fold ``k`` (``split``: the fold's ``train``/``val``/``test``
+    slide ids; ``protos``: the fold's prototypes, ``{scale: {"centres": (K, D), ...}}``) and write
+    ``models/fold_<k>/best.pt`` (m = 0) or ``best_m<m>.pt`` with its log; returns the fold summary.
+    Member m depends on ``(seed, fold, m)`` alone, not on ``ensemble``: the first M members of a
+    larger ensemble are those of an ensemble of M."""
+    main = ddp.is_main()
+    scales = model_params(p, store).scales
+    if m and p.model == "recomil" and p.ensemble_protos == "resample":  # centres of the member's own
+        expect = {s: (p.scale(s).num_protos, store.dims[s]) for s in scales}
+        protos = load_prototypes(scales, k, paths.PROTOTYPES, expect, member=m)
+    tail = f"_m{m}" if m else ""
+    run_id = hashlib.sha256(json.dumps([p.to_dict(), split, k, experiment_name(), *([m] if m else [])],
+                                       sort_keys=True, default=str).encode()).hexdigest()[:20]
+    tracker = Tracker(paths.TRAIN_LOG / f"fold_{k}{tail}.csv" if main else None,
+                      mode=p.wandb_mode if main else "disabled", project=p.wandb_project,
+                      name=f"train-fold{k}{tail}", group="recomil", config={**p.to_dict(), "fold": k,
+                                                                            "member": m},
+                      wandb_dir=paths.WANDB_DIR, run_id=run_id)
+    resume = paths.RESUME / f"fold_{k}{tail}.pt"
+    try:
+        msplit = member_split(store.manifest, split, p, k, m)
+        if main and msplit is not split:
+            same = len(set(msplit["val"]) & set(split["val"]))
+            print(f"train: fold {k} member {m} selects on validation slides of its own "
+                  f"({len(msplit['val'])}, ensemble_val: resplit; {same} shared with member 0)",
+                  file=sys.stderr)
+        summary = train_fold(p, store, msplit, protos, paths.MODELS / f"fold_{k}", resume, tracker, k,
+                             progress, member=m)
+        tracker.summary({"best_epoch": summary["best_epoch"], "best_score": summary["best_score"]})
+        tracker.artifact(f"recomil-fold{k}{tail}-best", "model", paths.MODELS / f"fold_{k}" / member_file(m))
+    finally:
+        tracker.finish()
+    return summary
