@@ -29,6 +29,9 @@ Each unit is one (cohort, program, seed):
 - the other entries of :data:`VARIANTS` (``--programs recomil-first-tie recomil-ens3``): recomil
   with one default changed back, or a costlier option; the report gives their paired difference
   to ``recomil``, the evidence for that default.
+- the entries of :data:`GROWS` (``recomil-ens10``): a larger ensemble grown from a smaller one's
+  records of the same cohort and seed (run that first): only the further members are trained,
+  since member m depends on ``(seed, fold, m)`` alone.
 
 Each unit runs in its own process with ``--threads`` torch threads (1 by default: two trainings
 side by side on 2 cores slow each other many-fold). Recorded per unit: test AUC, accuracy and
@@ -594,7 +597,9 @@ def report(records: list[dict[str, Any]]) -> str:
                      f"{100 * c['demo_tumour_max']:.0f} % of a positive slide's patches, generator seed "
                      f"{c['demo_seed']}.")
     lines += ["", "Variants: " + "; ".join(f"`{k}`: " + (", ".join(f"`{a}: {b}`" for a, b in v.items()) or
-                                                    "params.yaml's defaults") for k, v in VARIANTS.items()
+                                                    "params.yaml's defaults")
+                                 + (f" (grown from `{GROWS[k]}`'s records: only the further members trained)"
+                                    if k in GROWS else "") for k, v in VARIANTS.items()
                                  if k != "recomil-original") + "."]
     lines += ["", "`recomil-original` runs recomil with " + ", ".join(f"`{k}: {v}`" for k, v in ORIGINAL.items())
               + " (README, \"Coming from the original\")."]

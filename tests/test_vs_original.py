@@ -87,17 +87,25 @@ def test_a_classic_set_is_written_in_the_originals_layout_with_a_stratified_test
     assert vs.make_cohort("toy", tmp_path / "work") == root  # written once
 
 
-@pytest.mark.slow
-def test_an_ensemble_unit_keeps_each_members_test_probabilities_and_the_report_curves_them(tmp_path, monkeypatch):
-    # a tiny generated cohort and a 2-member ensemble trained for a few epochs, through the benchmark's
-    # own child process: the ensemble's test probability is the mean of the members' recorded ones
+#: a few epochs of a small model: the slow tests' units train in seconds
+TINY_TRAINING = {"epochs": 3, "warmup_epochs": 1, "freeze_protos_epochs": 1, "num_protos_high": 8,
+                 "num_protos_low": 8}
+
+
+def _tiny_cohort(tmp_path, monkeypatch) -> None:
+    """A tiny generated cohort ``tiny`` and unit records under ``tmp_path``."""
     monkeypatch.setattr(vs, "CACHE", tmp_path / "cache")
     monkeypatch.setitem(vs.COHORTS, "tiny", {"demo_seed": 5, "demo_feat_dim": 16, "demo_train_slides": 16,
                                              "demo_test_slides": 8, "demo_min_patches": 20, "demo_max_patches": 40,
                                              "demo_tumour_min": 0.1, "demo_tumour_max": 0.3})
-    monkeypatch.setitem(vs.VARIANTS, "tiny-ens2", {"ensemble": 2, "epochs": 3, "warmup_epochs": 1,
-                                                   "freeze_protos_epochs": 1, "num_protos_high": 8,
-                                                   "num_protos_low": 8})
+
+
+@pytest.mark.slow
+def test_an_ensemble_unit_keeps_each_members_test_probabilities_and_the_report_curves_them(tmp_path, monkeypatch):
+    # a tiny generated cohort and a 2-member ensemble trained for a few epochs, through the benchmark's
+    # own child process: the ensemble's test probability is the mean of the members' recorded ones
+    _tiny_cohort(tmp_path, monkeypatch)
+    monkeypatch.setitem(vs.VARIANTS, "tiny-ens2", {"ensemble": 2, **TINY_TRAINING})
     recs = [vs.run_unit("tiny", "tiny-ens2", seed, tmp_path / "work", None, 1) for seed in (1, 2)]
     for rec in recs:
         members = np.array(rec["member_test_prob"])
@@ -117,14 +125,10 @@ def test_an_ensemble_unit_keeps_each_members_test_probabilities_and_the_report_c
 def test_a_grown_ensemble_equals_the_ensemble_trained_whole(tmp_path, monkeypatch):
     # ensemble 3 grown from a recorded ensemble of 2 (only member 2 trained) against ensemble 3 trained
     # in one run: the members, the ensemble's probability and its AUC are the same
-    monkeypatch.setattr(vs, "CACHE", tmp_path / "cache")
-    monkeypatch.setitem(vs.COHORTS, "tiny", {"demo_seed": 5, "demo_feat_dim": 16, "demo_train_slides": 16,
-                                             "demo_test_slides": 8, "demo_min_patches": 20, "demo_max_patches": 40,
-                                             "demo_tumour_min": 0.1, "demo_tumour_max": 0.3})
-    small = {"epochs": 3, "warmup_epochs": 1, "freeze_protos_epochs": 1, "num_protos_high": 8, "num_protos_low": 8}
-    monkeypatch.setitem(vs.VARIANTS, "tiny-ens2", {"ensemble": 2, **small})
-    monkeypatch.setitem(vs.VARIANTS, "tiny-ens3", {"ensemble": 3, **small})
-    monkeypatch.setitem(vs.VARIANTS, "tiny-ens3-grown", {"ensemble": 3, **small})
+    _tiny_cohort(tmp_path, monkeypatch)
+    monkeypatch.setitem(vs.VARIANTS, "tiny-ens2", {"ensemble": 2, **TINY_TRAINING})
+    monkeypatch.setitem(vs.VARIANTS, "tiny-ens3", {"ensemble": 3, **TINY_TRAINING})
+    monkeypatch.setitem(vs.VARIANTS, "tiny-ens3-grown", {"ensemble": 3, **TINY_TRAINING})
     monkeypatch.setitem(vs.GROWS, "tiny-ens3-grown", "tiny-ens2")
     with pytest.raises(SystemExit, match="run --programs tiny-ens2"):  # nothing to grow from yet
         vs.run_unit("tiny", "tiny-ens3-grown", 1, tmp_path / "work", None, 1)
