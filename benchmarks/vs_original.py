@@ -342,13 +342,11 @@ def grow_child(unit: Path, p: Any, first: int) -> None:
     summaries = [train_member(p, store, split, 0, m, protos) for m in range(first, p.ensemble)]
     test_ids = list(split["test"])
     labels = dict(zip(store.manifest["slide_id"], store.manifest["label"]))
-    train_s = sum(float(pd.read_csv(f)["epoch_seconds"].sum()) for f in Path("results/train_log").glob("fold_0*.csv"))
-    epoch_s = [float(x) for f in sorted(Path("results/train_log").glob("fold_0*.csv"))
-               for x in pd.read_csv(f)["epoch_seconds"]]
+    epoch_s = [float(x) for f in Path("results/train_log").glob("fold_0*.csv") for x in pd.read_csv(f)["epoch_seconds"]]
     rec = {"test_ids": test_ids, "test_labels": [int(labels[i] == "tumor") for i in test_ids],
            "member_test_prob": member_test_probs(test_ids, [paths.MODELS / "fold_0" / member_file(m)
                                                             for m in range(first, p.ensemble)]),
-           "members_epochs_run": [s["epochs_run"] for s in summaries], "train_seconds": round(train_s, 1),
+           "members_epochs_run": [s["epochs_run"] for s in summaries], "train_seconds": round(sum(epoch_s), 1),
            "epoch_seconds": float(np.mean(epoch_s)) if epoch_s else None}
     (unit / "child.json").write_text(json.dumps(rec))
 
