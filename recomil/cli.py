@@ -9,12 +9,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from recomil.config import ConfigError, Params, load_params
-from recomil.data.errors import DataError
+from recomil.data.errors import DataError, is_out_of_space, writing
 
 _EXPECTED = (ConfigError, DataError, ValueError, FileNotFoundError)
 
@@ -39,10 +41,24 @@ def run_stage(name: str, *args: str, params_path: str = "params.yaml") -> int:
         p: Params = load_params(params_path)
         result = _stage_function(name)(p, *args)
     except _EXPECTED as exc:
+        if is_out_of_space(exc):
+            return _no_space(name, exc)
         print(f"error: {name}: {exc}", file=sys.stderr)
         return 1
+    except OSError as exc:
+        if is_out_of_space(exc):
+            return _no_space(name, exc)
+        raise
     print(json.dumps({"stage": name, "result": result}, default=str)[:2000])
     return 0
+
+
+def _no_space(name: str, exc: OSError) -> int:
+    """One line for a full disk that no writer named (``exc.filename`` when the OS gave one)."""
+    where = exc.filename or f"a file under {os.getcwd()}"
+    print(f"error: {name}: {where}: no space left on the device (errno {exc.errno}); free some space, then run "
+          f"again", file=sys.stderr)
+    return 1
 
 
 def stage_main(name: str) -> None:
@@ -95,14 +111,23 @@ def _patch_sizes(args: argparse.Namespace) -> dict[str, float]:
 def _heatmap(args: argparse.Namespace) -> int:
     from recomil.evaluation.new_slides import heatmap
 
+    out = Path(args.out)
+    created = not out.exists()
+    paths: list[Path] = []
     try:
-        paths = heatmap(args.model, args.features, args.features_low, args.slide, args.out, _patch_sizes(args),
+        check_output_dir(out, "--out")
+        paths = heatmap(args.model, args.features, args.features_low, args.slide, out, _patch_sizes(args),
                         args.topk)
-    except _EXPECTED as exc:
+        if not paths:
+            raise DataError("nothing drawn (see the warning above)")
+    except (*_EXPECTED, OSError) as exc:
+        if created:  # a failed heatmap leaves no folder behind
+            shutil.rmtree(out, ignore_errors=True)
+        if is_out_of_space(exc):
+            return _no_space("heatmap", exc)
+        if not isinstance(exc, _EXPECTED):
+            raise
         print(f"error: heatmap: {exc}", file=sys.stderr)
-        return 1
-    if not paths:
-        print("error: heatmap: nothing drawn (see the warning above)", file=sys.stderr)
         return 1
     for path in paths:
         print(f"heatmap: {path}")
@@ -110,28 +135,70 @@ def _heatmap(args: argparse.Namespace) -> int:
 
 
 def _predict(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     from recomil.evaluation.new_slides import predict_slides
 
+    out = Path(args.out)
+    top_path = out.with_name(out.stem + "_topk.csv")
+    heatmaps_out = Path(args.heatmaps_out) if args.heatmaps_out else out.with_name(out.stem + "_slides")
+    written: list[Path] = []
     try:
-        out = Path(args.out)
+        check_output_file(out, "--out")  # before any slide is scored
+        if args.topk:
+            check_output_file(top_path, "the top-patches table (from --out)")
+        if args.slides_dir:
+            check_output_dir(heatmaps_out, "--heatmaps-out")
         probs, top = predict_slides(args.model, args.features, args.features_low, args.topk,
-                                    slides_dir=args.slides_dir,
-                                    heatmaps_out=args.heatmaps_out or out.with_name(out.stem + "_slides"),
+                                    slides_dir=args.slides_dir, heatmaps_out=heatmaps_out,
                                     patch_size=_patch_sizes(args))
-    except _EXPECTED as exc:
+        write_csv(probs, out)
+        written.append(out)
+        if top is not None:
+            write_csv(top, top_path)
+            written.append(top_path)
+    except (*_EXPECTED, OSError) as exc:
+        for path in written:  # all or nothing: no table without its companion
+            path.unlink(missing_ok=True)
+        if is_out_of_space(exc):
+            return _no_space("predict", exc)
+        if not isinstance(exc, _EXPECTED):
+            raise
         print(f"error: predict: {exc}", file=sys.stderr)
         return 1
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    probs.to_csv(out, index=False)
     print(f"predict: {len(probs)} slide(s) -> {out}")
     if top is not None:
-        top_path = out.with_name(out.stem + "_topk.csv")
-        top.to_csv(top_path, index=False)
         print(f"predict: top-{args.topk} attended patches -> {top_path}")
     return 0
+
+
+def check_output_file(path: Path, what: str) -> None:
+    """Refuse, before any work, an output file path that cannot be written: a folder, or a parent
+    that is a file."""
+    if path.is_dir():
+        raise DataError(f"{path}: {what} names an existing folder; give the path of a file to write")
+    parent = next((q for q in [path.parent, *path.parent.parents] if q.exists()), None)
+    if parent is not None and not parent.is_dir():
+        raise DataError(f"{path}: {what} lies under {parent}, which is a file, not a folder")
+    if parent is not None and not os.access(parent, os.W_OK):
+        raise DataError(f"{path}: {what}: the folder {parent} is not writable")
+
+
+def check_output_dir(path: Path, what: str) -> None:
+    """Refuse, before any work, an output folder path that names an existing file."""
+    if path.exists() and not path.is_dir():
+        raise DataError(f"{path}: {what} names an existing file; give a folder")
+    check_output_file(path / "x", what)
+
+
+def write_csv(df: Any, path: Path) -> None:
+    """Write a table atomically (a temporary sibling renamed into place): never half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with writing(path):
+            df.to_csv(tmp, index=False)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 if __name__ == "__main__":

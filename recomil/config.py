@@ -25,6 +25,8 @@ FUSIONS = ("learned", "confidence", "fixed")
 SAVE_POLICIES = ("val_auc", "val_acc", "joint", "val_loss", "train_loss", "last")
 TIE_BREAKS = ("val_loss", "none")
 ENSEMBLE_VALS = ("resplit", "shared")
+OPTIMIZERS = ("adam", "adamw")
+SAMPLERS = ("shuffle", "balanced")
 ENSEMBLE_PROTOS = ("shared", "resample")
 AMP_MODES = ("auto", "bf16", "fp16", "off")
 WANDB_MODES = ("offline", "online", "disabled")
@@ -167,6 +169,10 @@ class Params:
     label_smoothing: float = 0.03
     class_weight: bool = False
     grad_clip: float = 1.0
+    optimizer: str = "adam"
+    bags_per_step: int = 1
+    sampler: str = "shuffle"
+    instance_dropout: float = 0.0
     patience: int = 10
     early_stop_after_warmup: bool = True
     min_delta: float = 0.0
@@ -218,6 +224,8 @@ _CHOICES = {
     "ensemble_val": ENSEMBLE_VALS,
     "ensemble_protos": ENSEMBLE_PROTOS,
     "amp": AMP_MODES,
+    "optimizer": OPTIMIZERS,
+    "sampler": SAMPLERS,
     "wandb_mode": WANDB_MODES,
     "model": MODELS,
     "store_dtype": STORE_DTYPES,
@@ -264,17 +272,19 @@ def _validate(p: Params) -> None:
             raise ConfigError(f"param {key!r} is {getattr(p, key)!r}; expected one of {', '.join(choices)}")
     positive = ["epochs", "num_enhancers", "num_protos_high", "num_protos_low", "embed_dim_high",
                 "embed_dim_low", "kmeans_batch_size", "kmeans_max_iter", "num_classes", "nproc",
-                "kmeans_lloyd_rows"]
+                "kmeans_lloyd_rows", "bags_per_step"]
     for key in positive:
         if getattr(p, key) < 1:
             raise ConfigError(f"param {key!r} must be at least 1, got {getattr(p, key)}")
-    for key in ["val_split", "test_split", "drop", "label_smoothing"]:
+    for key in ["val_split", "test_split", "drop", "label_smoothing", "instance_dropout"]:
         if not 0.0 <= getattr(p, key) < 1.0:
             raise ConfigError(f"param {key!r} must lie in [0, 1), got {getattr(p, key)}")
     if not 0.0 < p.kmeans_sample_ratio <= 1.0:
         raise ConfigError(f"param 'kmeans_sample_ratio' must lie in (0, 1], got {p.kmeans_sample_ratio}")
     if p.folds == 1 or p.folds < 0:
         raise ConfigError(f"param 'folds' must be 0 (the dataset's own split) or at least 2, got {p.folds}")
+    if not (math.isfinite(p.grad_clip) and p.grad_clip >= 0):
+        raise ConfigError(f"param 'grad_clip' must be 0 (no clipping) or a positive gradient norm, got {p.grad_clip}")
     if p.lr <= 0:
         raise ConfigError(f"param 'lr' must be positive, got {p.lr}")
     read = DATASET_KEYS[p.dataset]
@@ -351,15 +361,32 @@ def make_params(values: dict[str, Any] | None = None) -> Params:
     return p
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """``yaml.safe_load`` that refuses a key written twice in one mapping (PyYAML keeps the last
+    value silently; DVC refuses such a file, so the stages run outside DVC must too)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            line = key_node.start_mark.line + 1
+            if key in seen:
+                raise ConfigError(f"key {key!r} is written twice (lines {seen[key]} and {line}); keep one")
+            seen[key] = line
+        return super().construct_mapping(node, deep=deep)
+
+
 def load_params(path: str | Path = "params.yaml", **overrides: Any) -> Params:
     """Read ``params.yaml`` (flat keys) and return validated :class:`Params`."""
     path = Path(path)
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
+        raw = yaml.load(path.read_text(), Loader=_UniqueKeyLoader) or {}
     except FileNotFoundError:
         raise ConfigError(f"{path}: params file not found") from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping of flat keys at the top level")
     raw.update(overrides)

@@ -15,6 +15,7 @@ import torch
 
 from recomil.config import Params, make_params
 from recomil.data.errors import DataError
+from recomil.data.readers import torch_load_reason
 from recomil.model import build_model
 from recomil.model.mil import MILClassifier
 
@@ -91,5 +92,6 @@ def load_model(path: str | Path, device: torch.device | str = "cpu") -> tuple[MI
     except FileNotFoundError:
         raise DataError(f"{path}: model file not found") from None
     except Exception as exc:  # noqa: BLE001 - unpickling refusals, zip errors, shape mismatches
-        raise DataError(f"{path}: not a recomil model checkpoint ({type(exc).__name__}: {str(exc)[:300]})") from None
+        raise DataError(f"{path}: not a recomil model checkpoint ({type(exc).__name__}: "
+                        f"{torch_load_reason(exc)})") from None
     return model.to(device).eval(), p, list(ckpt["classes"])

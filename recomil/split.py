@@ -30,11 +30,36 @@ def _hold_out(ids: np.ndarray, labels: np.ndarray, groups: np.ndarray, frac: flo
     if frac <= 0 or n_groups < 2:
         return ids, ids[:0]
     n_splits = int(min(max(2, round(1.0 / frac)), n_groups))
+    per_class = [len(np.unique(groups[labels == c])) for c in np.unique(labels)]
+    if min(per_class) < n_splits:  # a fold of 1/n_splits would miss a class: hold out per class
+        return _hold_out_per_class(ids, labels, groups, frac, seed)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
         cv = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
         rest_idx, held_idx = next(cv.split(ids, labels, groups))
     return ids[rest_idx], ids[held_idx]
+
+
+def _hold_out_per_class(ids: np.ndarray, labels: np.ndarray, groups: np.ndarray, frac: float,
+                        seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Hold out ``max(1, round(frac * n_c))`` of each class's ``n_c`` patients (a patient counts in the
+    class of most of its slides), at random from ``seed``; a class with one patient keeps it in
+    training. For cohorts too small for a stratified 1/``frac`` partition: every class that can
+    spare a patient gets at least one in the held-out part."""
+    rng = np.random.default_rng(seed)
+    patients = np.unique(groups)
+    cls = {g: np.bincount(labels[groups == g]).argmax() for g in patients}
+    held: list[str] = []
+    for c in np.unique(labels):
+        mine = np.array([g for g in patients if cls[g] == c])
+        if len(mine) < 2:
+            continue
+        take = min(len(mine) - 1, max(1, round(frac * len(mine))))
+        held += rng.permutation(mine)[:take].tolist()
+    mask = np.isin(groups, held)
+    print(f"split: {len(patients)} patients are too few for a stratified {frac:g} share; held out "
+          f"{len(held)} patient(s), at least one of each class that has two or more", file=sys.stderr)
+    return ids[~mask], ids[mask]
 
 
 def make_splits(manifest: pd.DataFrame, p: Params) -> list[dict[str, list[str]]]:

@@ -7,6 +7,9 @@ split if the layout defines one, patient id, one file per scale) and the ordered
 from __future__ import annotations
 
 import dataclasses
+import difflib
+import re
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -16,6 +19,7 @@ import pandas as pd
 from recomil.config import Params
 from recomil.data.discovery import FileIndex, slide_key
 from recomil.data.errors import DataError
+from recomil.data.readers import SUFFIXES
 
 DEMO_DIR = Path("data/demo")
 _POSITIVE = {"1", "tumor", "tumour", "positive", "pos"}
@@ -43,7 +47,17 @@ class Cohort:
     scales: tuple[str, ...]
 
 
-def _read_csv(path: str | Path, needed: list[str], what: str) -> pd.DataFrame:
+def _column_name(header: str) -> str:
+    """A header as the presets name columns: case, surrounding blanks, inner spaces and hyphens
+    do not matter (``Patient_ID``, ``patient id`` and ``PATIENT-ID`` are ``patient_id``; so is
+    ``PatientID``, matched letter for letter by :func:`_read_csv`)."""
+    return re.sub(r"[\s\-]+", "_", str(header).strip().lstrip("\ufeff").strip()).lower()
+
+
+def _read_csv(path: str | Path, needed: list[str], what: str, optional: tuple[str, ...] = ()) -> pd.DataFrame:
+    """A label file as text (ids kept exactly as written), its known columns renamed to their
+    canonical names whatever their spelling. A column that looks like a known one but is not
+    (``patient``, ``slideid``) is refused, naming it; other columns are reported as ignored."""
     path = Path(path).expanduser()
     if not str(path) or not path.is_file():
         raise DataError(f"{path}: {what} not found")
@@ -51,11 +65,42 @@ def _read_csv(path: str | Path, needed: list[str], what: str) -> pd.DataFrame:
         df = pd.read_csv(path, dtype=str, keep_default_na=False)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
         raise DataError(f"{path}: not a readable CSV ({exc})") from None
-    df.columns = [c.strip() for c in df.columns]
+    known = [*needed, *optional]
+    by_letters = {k.replace("_", ""): k for k in known}
+    names = [_column_name(c) for c in df.columns]
+    names = [by_letters.get(n.replace("_", ""), n) for n in names]  # PatientID, SlideID
+    for i, name in enumerate(names):
+        if name in names[:i]:
+            first = df.columns[names.index(name)]
+            raise DataError(f"{path}: columns {first!r} and {df.columns[i]!r} both name {name!r}; keep one")
+    ignored = []
+    for header, name in zip(df.columns, names):
+        if name in known or not known:
+            continue
+        squashed = name.replace("_", "")
+        close = [k for k in known if squashed and (k.replace("_", "").startswith(squashed)
+                                                   or squashed.startswith(k.replace("_", "")))]
+        close = close or difflib.get_close_matches(name, known, n=1, cutoff=0.75)
+        if close:
+            raise DataError(f"{path}: column {header!r} is not one {what} reads; did you mean {close[0]!r}? "
+                            f"(columns read: {', '.join(known)})")
+        ignored.append(str(header))
+    if ignored:
+        print(f"note: {path}: column(s) {', '.join(repr(c) for c in ignored)} not read ({what} reads "
+              f"{', '.join(known)})", file=sys.stderr)
+    df.columns = names
     missing = [c for c in needed if c not in df.columns]
     if missing:
-        raise DataError(f"{path}: {what} lacks column(s) {', '.join(missing)} (has {', '.join(df.columns)})")
+        raise DataError(f"{path}: {what} lacks column(s) {', '.join(missing)} (has {', '.join(map(str, names))})")
     return df
+
+
+def _slide_id(value: str, path: str | Path, row: int) -> str:
+    """A slide id from row ``row`` (0-based data row) of a label file: stripped, never empty."""
+    sid = str(value).strip()
+    if not sid:
+        raise DataError(f"{path}, line {row + 2}: empty slide id")
+    return sid
 
 
 def _binary_label(value: str, where: str) -> str:
@@ -130,22 +175,25 @@ def _c16(p: Params, root_high: str, root_low: str) -> Cohort:
         slides.append(SlideEntry(sid, _c16_train_label(f, sid), "train"))
     if not p.test_csv:
         raise DataError("dataset 'c16' needs param 'test_csv' (columns slide,label)")
-    df = _read_csv(p.test_csv, [], "test_csv")
+    df = _read_csv(p.test_csv, [], "test_csv", ("slide", "slide_id", "label"))
     id_col = "slide" if "slide" in df.columns else "slide_id" if "slide_id" in df.columns else None
     if id_col is None or "label" not in df.columns:
         raise DataError(f"{p.test_csv}: test_csv needs columns slide,label (has {', '.join(df.columns)})")
-    for row in df.itertuples(index=False):
-        sid = _strip_name(getattr(row, id_col))
-        slides.append(SlideEntry(sid, _binary_label(row.label, f"{p.test_csv}, slide {sid!r}"), "test"))
+    for i, (value, label) in enumerate(zip(df[id_col], df["label"])):
+        sid = _strip_name(_slide_id(value, p.test_csv, i))
+        slides.append(SlideEntry(sid, _binary_label(label, f"{p.test_csv}, slide {sid!r}"), "test"))
     _attach_files(slides, roots, C16_SUBDIRS, C16_NAMES)
     return Cohort(slides, ["normal", "tumor"], tuple(roots))
 
 
 def _strip_name(name: str) -> str:
-    """A slide id from a listed name (a bare id, or a file name in any supported naming)."""
+    """A slide id from a listed name: a bare id as written (dots included: ``TCGA-...-DX1.00AB12CD``),
+    or a feature file's name in any supported naming (``{id}_high_feature_ctrans.pkl``, ``{id}.h5``)."""
     name = name.strip()
     path = Path(name)
-    return slide_key(path)[0] if path.suffix else slide_key(Path(name + ".x"))[0]
+    if path.suffix.lower() in SUFFIXES:
+        return slide_key(path)[0]
+    return slide_key(Path(name + ".x"))[0]
 
 
 def _c17(p: Params) -> Cohort:
@@ -172,23 +220,24 @@ def _c17(p: Params) -> Cohort:
 def _tcga(p: Params) -> Cohort:
     if not p.train_csv:
         raise DataError("dataset 'tcga' needs param 'train_csv' (columns slide_id,label)")
-    df = _read_csv(p.train_csv, ["slide_id", "label"], "train_csv")
+    df = _read_csv(p.train_csv, ["slide_id", "label"], "train_csv", ("split", "patient_id"))
     dirs = {"LUAD": p.luad_dir, "LUSC": p.lusc_dir}
     for name, d in dirs.items():
         if not d:
             raise DataError(f"dataset 'tcga' needs param '{name.lower()}_dir'")
     indexes = {name: FileIndex(d) for name, d in dirs.items()}
     slides = []
-    for row in df.itertuples(index=False):
-        label = _TCGA.get(str(row.label).strip().lower())
+    for i, row in enumerate(df.to_dict("records")):
+        sid = _slide_id(row["slide_id"], p.train_csv, i)
+        label = _TCGA.get(str(row["label"]).strip().lower())
         if label is None:
-            raise DataError(f"{p.train_csv}, slide {row.slide_id!r}: unknown label value {row.label!r} "
+            raise DataError(f"{p.train_csv}, slide {sid!r}: unknown label value {row['label']!r} "
                             "(expected TCGA-LUAD, TCGA-LUSC, 0 or 1)")
-        path = indexes[label].find(row.slide_id, "high")
+        path = indexes[label].find(sid, "high")
         if path is None:
-            raise DataError(f"slide {row.slide_id!r}: no feature file under {dirs[label]} ({label} folder)")
-        split = getattr(row, "split", "")
-        slides.append(SlideEntry(row.slide_id, label, split, getattr(row, "patient_id", ""), {"high": path}))
+            raise DataError(f"slide {sid!r}: no feature file under {dirs[label]} ({label} folder)")
+        split = _split_value(row.get("split", ""), p.train_csv, sid)
+        slides.append(SlideEntry(sid, label, split, str(row.get("patient_id", "")).strip(), {"high": path}))
     return Cohort(slides, ["LUAD", "LUSC"], ("high",))
 
 
@@ -196,16 +245,14 @@ def _folder(p: Params) -> Cohort:
     roots = _scale_roots(p)
     if not p.labels_csv:
         raise DataError("dataset 'folder' needs param 'labels_csv' (columns slide_id,label[,split][,patient_id])")
-    df = _read_csv(p.labels_csv, ["slide_id", "label"], "labels_csv")
+    df = _read_csv(p.labels_csv, ["slide_id", "label"], "labels_csv", ("split", "patient_id"))
     slides = []
-    for row in df.itertuples(index=False):
-        split = str(getattr(row, "split", "")).strip().lower()
-        if split not in ("", "train", "test"):
-            raise DataError(f"{p.labels_csv}, slide {row.slide_id!r}: split must be train or test, got {split!r}")
-        if str(row.label).strip() == "":
-            raise DataError(f"{p.labels_csv}, slide {row.slide_id!r}: empty label")
-        slides.append(SlideEntry(str(row.slide_id).strip(), str(row.label).strip(), split,
-                                 str(getattr(row, "patient_id", "")).strip()))
+    for i, row in enumerate(df.to_dict("records")):
+        sid = _slide_id(row["slide_id"], p.labels_csv, i)
+        split = _split_value(row.get("split", ""), p.labels_csv, sid)
+        if str(row["label"]).strip() == "":
+            raise DataError(f"{p.labels_csv}, slide {sid!r}: empty label")
+        slides.append(SlideEntry(sid, str(row["label"]).strip(), split, str(row.get("patient_id", "")).strip()))
     canonical = canonical_labels([s.label for s in slides])
     slides = [dataclasses.replace(s, label=lab) for s, lab in zip(slides, canonical)]
     names = sorted({s.label for s in slides})
@@ -215,6 +262,13 @@ def _folder(p: Params) -> Cohort:
         pass
     _attach_files(slides, roots)
     return Cohort(slides, names, tuple(roots))
+
+
+def _split_value(value: str, path: str | Path, sid: str) -> str:
+    split = str(value).strip().lower()
+    if split not in ("", "train", "test"):
+        raise DataError(f"{path}, slide {sid!r}: split must be train or test, got {split!r}")
+    return split
 
 
 def canonical_labels(labels: list[str]) -> list[str]:

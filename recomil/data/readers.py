@@ -134,11 +134,21 @@ def _read_pkl(path: Path) -> Bag:
 def _read_npy(path: Path) -> Bag:
     try:
         arr = np.load(path, allow_pickle=False)
-    except ValueError as exc:
-        raise DataError(f"{path}: not a plain numeric .npy array ({exc})") from None
+    except ValueError:  # numpy's words would advise allow_pickle=True, the unsafe path this reader avoids
+        raise DataError(f"{path}: not a plain numeric .npy array (no .npy header, or pickled objects, "
+                        f"which recomil never loads)") from None
     except (OSError, EOFError) as exc:
         raise DataError(f"{path}: truncated or corrupt .npy ({exc})") from None
     return Bag(_as_2d(path, arr), None)
+
+
+def torch_load_reason(exc: BaseException) -> str:
+    """Why ``torch.load(weights_only=True)`` refused a file, in words that never advise the unsafe
+    path (torch's own message suggests ``weights_only=False``)."""
+    text = str(exc)
+    if "weights only load failed" in text.lower() or "weights_only" in text:
+        return "it holds Python objects other than tensors and plain containers, which recomil never unpickles"
+    return text.splitlines()[0][:300] if text else type(exc).__name__
 
 
 def _read_pt(path: Path) -> Bag:
@@ -147,8 +157,7 @@ def _read_pt(path: Path) -> Bag:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError, pickle.UnpicklingError) as exc:
-        msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise DataError(f"{path}: unreadable, corrupt or unsafe .pt file ({msg})") from None
+        raise DataError(f"{path}: unreadable, corrupt or unsafe .pt file ({torch_load_reason(exc)})") from None
     if isinstance(obj, torch.Tensor):
         return Bag(_as_2d(path, obj.float().numpy()), None)
     if isinstance(obj, dict):

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from recomil.data.errors import DataError
+from recomil.data.errors import DataError, writing
 from recomil.data.readers import patch_size_level0
 
 
@@ -62,10 +62,11 @@ class StoreWriter:
                 raise DataError(f"slide {row['slide_id']!r}: feature value {float(v):.6g} (patch {j}, {s} scale) is "
                                 f"beyond the range of store_dtype {self.dtype.name} (largest "
                                 f"{float(np.finfo(self.dtype).max):.6g}); set store_dtype: float32")
-            self._feat[s].write(stored.tobytes())
             coords = bag.coords if bag.coords is not None else np.full((n, 2), np.nan)
             has_coords &= bag.coords is not None
-            self._coord[s].write(np.ascontiguousarray(coords, dtype=np.float32).tobytes())
+            with writing(self.path):
+                self._feat[s].write(stored.tobytes())
+                self._coord[s].write(np.ascontiguousarray(coords, dtype=np.float32).tobytes())
             self._offsets[s].append(self._offsets[s][-1] + n)
             self.dims[s] = d
             if bag.attrs and not self.coord_attrs[s]:
@@ -78,7 +79,23 @@ class StoreWriter:
 
     def commit(self, extra: dict[str, Path] | None = None) -> None:
         """Finish the files and move the store into place; ``extra`` folders (name -> source, e.g.
-        the demo's per-patch ground truth) are copied into it first."""
+        the demo's per-patch ground truth) are copied into it first. On any error the partial store
+        is removed (:meth:`abort`) and a full disk is named (:func:`recomil.data.errors.writing`)."""
+        try:
+            with writing(self.path):
+                self._finish(extra)
+        except BaseException:
+            self.abort()
+            raise
+        old = None
+        if self.path.exists():
+            old = self.path.with_name(f".{self.path.name}.old-{os.getpid()}")
+            os.replace(self.path, old)
+        os.replace(self.tmp, self.path)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+
+    def _finish(self, extra: dict[str, Path] | None) -> None:
         for name, src in (extra or {}).items():
             shutil.copytree(src, self.tmp / name)
         for f in [*self._feat.values(), *self._coord.values()]:
@@ -90,18 +107,15 @@ class StoreWriter:
                 "num_instances": {s: self._offsets[s][-1] for s in self.scales}}
         (self.tmp / "meta.json").write_text(json.dumps(meta, indent=2))
         pd.DataFrame(self.rows).to_csv(self.tmp / "manifest.csv", index=False)
-        old = None
-        if self.path.exists():
-            old = self.path.with_name(f".{self.path.name}.old-{os.getpid()}")
-            os.replace(self.path, old)
-        os.replace(self.tmp, self.path)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
 
     def abort(self) -> None:
-        """Drop everything written so far."""
+        """Drop everything written so far. Closing a file whose buffer cannot be flushed (a full disk)
+        raises again: that is ignored here, so the clean-up always runs."""
         for f in [*self._feat.values(), *self._coord.values()]:
-            f.close()
+            try:
+                f.close()
+            except OSError:
+                pass
         shutil.rmtree(self.tmp, ignore_errors=True)
 
 

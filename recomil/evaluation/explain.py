@@ -86,7 +86,7 @@ def write_explanations(out_dir: Path, model: MILClassifier, bags: BagSet, extras
     _append(out_dir / "rare_patches.csv", rare_rows)
     _append(out_dir / "prototype_usage.csv", usage_rows)
     if (out_dir / "prototype_usage.csv").exists():
-        usage = pd.read_csv(out_dir / "prototype_usage.csv")
+        usage = read_table(out_dir / "prototype_usage.csv")
         summary = usage.groupby(["scale", "prototype"], as_index=False).agg(
             patches=("patches", "sum"), slides=("slide_id", "nunique"))
         summary.to_csv(out_dir / "prototype_usage_summary.csv", index=False)
@@ -124,10 +124,24 @@ def draw_on_slide(out_dir: Path, slides: SlideIndex, slide_id: str, views: dict[
         slide.close()
 
 
+def read_table(path: Path) -> pd.DataFrame:
+    """An explanation table written earlier, slide ids kept exactly as written (``0001`` stays
+    ``0001``, ``NA`` stays ``NA``): text columns are read as text, only the known number columns as
+    numbers."""
+    df = pd.read_csv(path, dtype=str, keep_default_na=False)
+    for col in df.columns:
+        if col not in _TEXT_COLUMNS:
+            df[col] = pd.to_numeric(df[col].mask(df[col] == ""))
+    return df
+
+
+_TEXT_COLUMNS = {"slide_id", "scale", "label", "predicted", "class"}
+
+
 def _append(path: Path, rows: list[dict]) -> None:
     if not rows:
         return
     df = pd.DataFrame(rows)
     if path.exists():
-        df = pd.concat([pd.read_csv(path), df])
+        df = pd.concat([read_table(path), df])
     df.to_csv(path, index=False)

@@ -89,6 +89,9 @@ def score_slides(model_path: str | Path, features: list[str | Path], features_lo
     _, p, classes = models[0]
     scales = p.scales
     sources = {"high": find_slides(features, "high")}
+    if not sources["high"]:
+        raise DataError(f"no feature files found in {', '.join(map(str, features))} (expected "
+                        f"{', '.join(SUFFIXES)} files)")
     if "low" in scales:
         # without --features-low only files named for the low scale count: a high-scale file must
         # never be fed to the low branch
@@ -98,8 +101,6 @@ def score_slides(model_path: str | Path, features: list[str | Path], features_lo
                             f"{', '.join(map(str, features_low or features))}; give them with --features-low "
                             "(files named {slide}_low_... in --features also count)")
     ids = sorted(sources["high"])
-    if not ids:
-        raise DataError(f"no feature files found in {', '.join(map(str, features))}")
     dtype = np.dtype(p.store_dtype)
     scored: list[ScoredSlide] = []
     for sid in ids:

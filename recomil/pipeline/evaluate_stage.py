@@ -43,15 +43,18 @@ def _aggregate(per_fold: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
-def drop_degenerate_intervals(metrics: dict[str, Any]) -> None:
+def drop_degenerate_intervals(metrics: dict[str, Any], where: str = "") -> None:
     """An interval whose ends coincide (every resample gave the same AUC, e.g. a few perfectly
-    ranked slides) is false precision: report it as undefined (null), with a warning."""
+    ranked slides) is false precision: report it as undefined (null), with a warning. The same
+    rule holds for every interval of the metrics, the per-fold ones (``per_fold``) included."""
     for key in [k for k in metrics if k.endswith("_ci_low")]:
         hi_key = key.replace("_ci_low", "_ci_high")
         if metrics[key] is not None and metrics.get(hi_key) is not None and abs(metrics[key] - metrics[hi_key]) < 1e-9:
-            print(f"warning: evaluate: the bootstrap interval of {key[:-7]} is degenerate ({metrics[key]:.3f}); "
-                  f"reported as undefined (null)", file=sys.stderr)
+            print(f"warning: evaluate: the bootstrap interval of {where}{key[:-7]} is degenerate "
+                  f"({metrics[key]:.3f}); reported as undefined (null)", file=sys.stderr)
             metrics[key] = metrics[hi_key] = None
+    for k, fold in enumerate(metrics.get("per_fold") or []):
+        drop_degenerate_intervals(fold, f"fold {k}'s ")
 
 
 def run_evaluate(p: Params) -> dict[str, Any]:
@@ -109,11 +112,13 @@ def run_evaluate(p: Params) -> dict[str, Any]:
     if small < 10:
         print(f"warning: evaluate: a test set has only {small} slide(s) of its smallest class; its AUC interval is "
               f"wide or undefined and its metrics move a lot with a single slide", file=sys.stderr)
+    if len(folds) > 1:
+        metrics["per_fold"] = per_fold
     drop_degenerate_intervals(metrics)
     if p.dataset == "demo":
         metrics.update(localisation_auc(attentions, truths, p.seed))
-    if len(folds) > 1:
-        metrics["per_fold"] = per_fold
+    if "per_fold" in metrics:  # last in metrics.json, as before
+        metrics["per_fold"] = metrics.pop("per_fold")
     for key, value in metrics.items():
         if value is None and not key.endswith("_std"):
             print(f"evaluate: metric {key!r} is undefined on this test set (reported as null)", file=sys.stderr)

@@ -13,6 +13,7 @@ PROTOTYPES = Path("data/prototypes")
 MODELS = Path("models")
 RESULTS = Path("results")
 TRAIN_LOG = RESULTS / "train_log"
+TRAIN_CURVES = RESULTS / "train_curves"
 PLOTS = RESULTS / "plots"
 METRICS = RESULTS / "metrics.json"
 PREDICTIONS = RESULTS / "predictions.csv"

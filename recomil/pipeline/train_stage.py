@@ -21,6 +21,7 @@ from recomil.pipeline.data_stages import load_split
 from recomil.pipeline.prototypes_stage import load_prototypes
 from recomil.split import member_split
 from recomil.training import distributed as ddp
+from recomil.training.diagnostics import plot_curves
 from recomil.training.threads import register as register_training
 from recomil.training.tracking import Tracker, experiment_name
 from recomil.training.trainer import member_file, model_params, train_fold
@@ -69,6 +70,7 @@ def _train_all(p: Params, progress: bool) -> dict[str, Any]:
     folds = load_split(paths.SPLIT)
     if main:
         shutil.rmtree(paths.TRAIN_LOG, ignore_errors=True)
+        shutil.rmtree(paths.TRAIN_CURVES, ignore_errors=True)
         for stale in paths.MODELS.glob("fold_*/best_m*.pt"):  # members of an earlier, larger ensemble
             stale.unlink()
     summaries = []
@@ -117,6 +119,10 @@ def train_member(p: Params, store: FeatureStore, split: dict[str, list[str]], k:
         summary = train_fold(p, store, msplit, protos, paths.MODELS / f"fold_{k}", resume, tracker, k,
                              progress, member=m)
         tracker.summary({"best_epoch": summary["best_epoch"], "best_score": summary["best_score"]})
+        if main:  # the per-epoch curves as a picture: DVC's vega plots stay blank offline
+            png = paths.TRAIN_CURVES / f"fold_{k}{tail}.png"
+            plot_curves(tracker.rows, png, f"fold {k}{f' member {m}' if m else ''}")
+            tracker.image("train_curves", png)
         tracker.artifact(f"recomil-fold{k}{tail}-best", "model", paths.MODELS / f"fold_{k}" / member_file(m))
     finally:
         tracker.finish()

@@ -66,6 +66,13 @@ class Tracker:
         if self.run is not None:
             self.run.log(values)
 
+    def image(self, key: str, path: str | Path) -> None:
+        """Log a picture file to wandb only."""
+        if self.run is not None:
+            import wandb
+
+            self.run.log({key: wandb.Image(str(path))})
+
     def summary(self, values: dict[str, Any]) -> None:
         """Set run summary values."""
         if self.run is not None:

@@ -30,7 +30,6 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
 from recomil.config import Params
@@ -40,13 +39,24 @@ from recomil.metrics import auc_score
 from recomil.model import build_model
 from recomil.model.mil import MILClassifier
 from recomil.training import distributed as ddp
+from recomil.training.averaging import ema_decay, sync_buffers, weight_average  # noqa: F401 (re-exported)
 from recomil.training.bags import BagSet
+from recomil.training.batching import drop_instances, epoch_order, step_groups
 from recomil.training.device import auto_precision_reason, autocast_dtype, pick_device, precision_name
+from recomil.training.diagnostics import CollapseWatch, StepStats, validation_row
+from recomil.training.optim import build_optimizer, clip_gradients
 from recomil.training.schedule import lr_factor, temperature
+from recomil.training.selection import (  # noqa: F401 (re-exported: tests and benchmarks import them here)
+    VAL_POLICIES,
+    improves,
+    selection_score,
+    selection_start,
+    selection_step,
+    snapshot_epochs,
+    validation_loss,
+)
 from recomil.training.threads import ThreadShare, running_trainings, usable_cores
 from recomil.training.tracking import Tracker
-
-VAL_POLICIES = ("val_auc", "val_acc", "joint", "val_loss")
 
 
 def model_params(p: Params, store: FeatureStore) -> Params:
@@ -60,123 +70,6 @@ def class_weights(labels: np.ndarray, num_classes: int) -> torch.Tensor:
     freq = np.bincount(labels, minlength=num_classes) / max(1, len(labels))
     w = np.where(freq > 0, 1.0 / (num_classes * np.maximum(freq, 1e-12)), 0.0)
     return torch.tensor(w, dtype=torch.float32)
-
-
-def selection_score(policy: str, val_auc: float | None, val_acc: float | None, train_loss: float,
-                    val_loss: float | None = None) -> float:
-    """Higher is better. ``val_auc`` falls back to accuracy when AUC is undefined; ``joint``
-    counts an undefined AUC as 0; ``val_loss`` is the negated validation cross-entropy (CLAM's
-    criterion: continuous, so it does not saturate on a few slides); ``train_loss`` is the negated
-    training loss; ``last`` always improves."""
-    if policy == "val_auc":
-        return val_auc if val_auc is not None else (val_acc or 0.0)
-    if policy == "val_acc":
-        return val_acc or 0.0
-    if policy == "joint":
-        return ((val_auc or 0.0) + (val_acc or 0.0)) / 2
-    if policy == "val_loss":
-        return -val_loss if val_loss is not None else -math.inf
-    if policy == "train_loss":
-        return -train_loss
-    return math.inf
-
-
-def validation_loss(probs: np.ndarray, labels: np.ndarray) -> float:
-    """Mean cross-entropy ``-log p[y]`` of the validation slides (``probs`` ``[S, C]``, ``labels`` ``[S]``);
-    probabilities are floored at 1e-12 so that a confident mistake costs ~27.6, not infinity."""
-    picked = probs[np.arange(len(labels)), np.asarray(labels, dtype=int)]
-    return float(-np.log(np.maximum(picked, 1e-12)).mean())
-
-
-def improves(policy: str, tie_break: str, score: float, val_loss: float | None, best_score: float,
-             best_val_loss: float, min_delta: float) -> bool:
-    """Whether this epoch becomes the selected model.
-
-    A score above the best by more than ``min_delta`` always does. With ``tie_break: val_loss`` a
-    validation policy also takes an epoch whose score is at least the best one's (on a handful of
-    validation slides the AUC and accuracy saturate, often in the first epochs) and whose
-    validation cross-entropy is lower; ``none`` keeps the first epoch of a tied score (the original).
-    """
-    if policy == "last" or score > best_score + min_delta:
-        return True
-    return (tie_break == "val_loss" and policy in VAL_POLICIES and val_loss is not None
-            and score >= best_score and val_loss < best_val_loss)
-
-
-def selection_start(p: Params, policy: str) -> int:
-    """The first epoch that may become the selected model.
-
-    With ``select_after_warmup`` (default) and a validation policy, the epochs of the learning-rate
-    warm-up and of the frozen prototypes are not candidates (``max(warmup_epochs,
-    freeze_protos_epochs) + 1`` on): on a few validation slides an undertrained warm-up epoch often
-    scores highest by chance and was then kept. When the run has no epoch after them, every epoch
-    is a candidate. ``false``: every epoch, as the original.
-    """
-    boundary = max(p.warmup_epochs, p.freeze_protos_epochs)
-    if p.select_after_warmup and policy in VAL_POLICIES and p.epochs > boundary:
-        return boundary + 1
-    return 1
-
-
-def selection_step(state: dict[str, Any], p: Params, policy: str, epoch: int, score: float,
-                   val_loss: float | None, select_from: int) -> bool:
-    """Model selection and early stopping after ``epoch``: whether it becomes the selected model.
-
-    Updates ``state``'s ``best_score``, ``best_val_loss``, ``best_epoch``, ``stale`` (candidate
-    epochs without improvement; with ``early_stop_after_warmup`` only those after warm-up and
-    prototype freezing count) and ``stopped_early`` (``stale`` reached ``patience``; never with
-    ``last``). The trainer calls it once per epoch; ``benchmarks/selection_replay.py`` replays
-    logged epochs through it.
-    """
-    candidate = epoch >= select_from
-    chosen = candidate and improves(policy, p.tie_break, score, val_loss, state["best_score"],
-                                    state["best_val_loss"], p.min_delta)
-    if chosen:
-        state.update(best_score=score, best_val_loss=val_loss if val_loss is not None else math.inf,
-                     best_epoch=epoch, stale=0)
-    elif candidate and (not p.early_stop_after_warmup or epoch > max(p.warmup_epochs, p.freeze_protos_epochs)):
-        state["stale"] += 1
-    if policy != "last" and state["stale"] >= p.patience:
-        state["stopped_early"] = True
-    return chosen
-
-
-def snapshot_epochs(p: Params) -> list[int]:
-    """The epochs whose weights ``snapshots: K`` keeps: K evenly spaced (rounded) over the epochs after
-    warm-up and prototype freezing, the last epoch included (13, 22, 32, 41, 50 for K 5 and the
-    defaults); ``[]`` when ``snapshots`` is 1 (off)."""
-    if p.snapshots <= 1:
-        return []
-    boundary = max(p.warmup_epochs, p.freeze_protos_epochs)
-    first = boundary + 1 if p.epochs > boundary else 1
-    return sorted({int(e) for e in np.linspace(first, p.epochs, p.snapshots).round()})
-
-
-def ema_decay(ema_epochs: float, steps_per_epoch: int) -> float:
-    """Per-step decay of the weight average whose time constant is ``ema_epochs`` epochs of
-    ``steps_per_epoch`` optimiser steps: ``1 - 1 / (ema_epochs * steps_per_epoch)`` (0 when that is
-    below one step: the average is then the current weights)."""
-    return max(0.0, 1.0 - 1.0 / (ema_epochs * max(1, steps_per_epoch)))
-
-
-def weight_average(model: MILClassifier, p: Params, steps_per_epoch: int) -> AveragedModel | None:
-    """The exponential moving average of ``model``'s parameters (``ema_epochs`` > 0), else None.
-
-    torch's :class:`~torch.optim.swa_utils.AveragedModel`: the first update copies the weights,
-    each later one moves the average ``1 - decay`` of the way to them. Buffers (temperature,
-    standardisation statistics, rare weights) are not averaged: :func:`sync_buffers` copies them.
-    """
-    if p.ema_epochs <= 0:
-        return None
-    decay = ema_decay(p.ema_epochs, steps_per_epoch)
-    return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=False)
-
-
-def sync_buffers(average: AveragedModel, model: MILClassifier) -> MILClassifier:
-    """Copy ``model``'s buffers into the averaged module and return that module."""
-    for mine, theirs in zip(average.module.buffers(), model.buffers(), strict=True):
-        mine.copy_(theirs)
-    return average.module
 
 
 def member_seed(seed: int, fold: int, member: int) -> int:
@@ -246,11 +139,10 @@ def train_fold(p: Params, store: FeatureStore, split: dict[str, list[str]],
                         counts={s: torch.from_numpy(v["counts"]) for s, v in prototypes.items()} if recomil else None,
                         input_stats={s: (torch.from_numpy(v["mean"]), torch.from_numpy(v["std"]))
                                      for s, v in prototypes.items() if "mean" in v}).to(device)
-    # fused: one kernel for all parameters (CPU and CUDA), the same Adam update as the loop of the original
-    opt = torch.optim.Adam(model.parameters(), lr=p.lr, weight_decay=p.weight_decay, fused=True)
+    opt = build_optimizer(model, p)
     scaler = torch.amp.GradScaler("cuda", enabled=amp == torch.float16)
     # the weights validated, selected and saved: their moving average (ema_epochs > 0) or the weights
-    average = weight_average(model, p, len(ddp.shard(np.arange(len(train)), rank, world)))
+    average = weight_average(model, p, len(step_groups(ddp.shard(np.arange(len(train)), rank, world), p.bags_per_step)))
     weight = class_weights(train.labels, mp.num_classes).to(device) if p.class_weight else None
     policy = p.save_policy
     snap_at = snapshot_epochs(p)
@@ -306,6 +198,8 @@ def train_fold(p: Params, store: FeatureStore, split: dict[str, list[str]],
     if main and select_from > 1:
         print(f"train: {tag}: the model is selected from epoch {select_from} on, after warm-up and prototype "
               f"freezing (select_after_warmup: false selects from epoch 1)", file=sys.stderr)
+    watch = CollapseWatch(tag, max(p.warmup_epochs, p.freeze_protos_epochs) + 1, store.classes)
+    watch.load(state.get("collapse"))  # a resumed run continues its earlier epochs' watch
     fold_started = time.perf_counter()
     member_key = [member] if member else []  # member 0 keeps the streams of a run without an ensemble
     first_epoch = p.epochs + 1 if state["finished"] else state["epoch"] + 1
@@ -325,8 +219,9 @@ def train_fold(p: Params, store: FeatureStore, split: dict[str, list[str]],
             threads = state["threads"] = lowered
         if world > 1:  # each rank its own dropout stream, reproducible per epoch (also after a resume)
             torch.manual_seed(int(np.random.default_rng([p.seed, fold, epoch, rank, *member_key]).integers(2**62)))
-        order = ddp.shard(np.random.default_rng([p.seed, fold, epoch, *member_key]).permutation(len(train)),
-                          rank, world)
+        rng = np.random.default_rng([p.seed, fold, epoch, *member_key])
+        order = ddp.shard(epoch_order(p.sampler, train.labels, rng), rank, world)
+        plan = step_groups(order, p.bags_per_step)
         # running sums stay on the device: no host synchronisation per step (read once per epoch)
         sums = {k: torch.zeros((), device=device) for k in ("ce", "loss", *(f"ortho_{s}" for s in mp.scales))}
         fusion = []
@@ -335,37 +230,42 @@ def train_fold(p: Params, store: FeatureStore, split: dict[str, list[str]],
                    disable=None if progress and main else True,
                    file=sys.stderr, leave=False)
         labels = torch.as_tensor(train.labels, device=device)
-        for j, bag in zip(bar, train.prefetch(order, device)):
-            y = labels[int(j)][None]
-            with torch.autocast(device_type=device.type, dtype=amp or torch.float32, enabled=amp is not None):
-                out = model(bag["high"], bag.get("low"))
-            ce = F.cross_entropy(out["logits"].float(), y, weight=weight, label_smoothing=p.label_smoothing)
-            orth = model.ortho_losses()
-            loss = ce + sum(getattr(p, f"lambda_ortho_{s}") * orth[s] for s in mp.scales)
+        stats = StepStats(mp.num_classes, device)
+        bags = zip(bar, train.prefetch(order, device))
+        for step_bags in plan:
             opt.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
+            for _ in step_bags:  # the step's gradient: the sum of its bags' gradients of loss / len(step_bags)
+                j, bag = next(bags)
+                y = labels[int(j)][None]
+                bag = drop_instances(bag, p.instance_dropout)
+                with torch.autocast(device_type=device.type, dtype=amp or torch.float32, enabled=amp is not None):
+                    out = model(bag["high"], bag.get("low"))
+                ce = F.cross_entropy(out["logits"].float(), y, weight=weight, label_smoothing=p.label_smoothing)
+                orth = model.ortho_losses()
+                loss = ce + sum(getattr(p, f"lambda_ortho_{s}") * orth[s] for s in mp.scales)
+                scaler.scale(loss / len(step_bags) if len(step_bags) > 1 else loss).backward()
+                stats.bag(out["logits"], y)
+                sums["ce"] += ce.detach()
+                sums["loss"] += loss.detach()
+                for s in mp.scales:
+                    sums[f"ortho_{s}"] += orth[s].detach()
+                if "fusion_weight" in out:
+                    fusion.append(out["fusion_weight"].detach().float())
             ddp.average_gradients(model)
-            if p.grad_clip > 0:
-                scaler.unscale_(opt)
-                torch.nn.utils.clip_grad_norm_(model.parameters(), p.grad_clip)
+            scaler.unscale_(opt)
+            stats.step(clip_gradients(model, p.grad_clip), p.grad_clip)
             scaler.step(opt)
             scaler.update()
             if average is not None:
                 average.update_parameters(model)
             if check_sync:
                 ddp.check_in_sync(model)
-            sums["ce"] += ce.detach()
-            sums["loss"] += loss.detach()
-            for s in mp.scales:
-                sums[f"ortho_{s}"] += orth[s].detach()
-            if "fusion_weight" in out:
-                fusion.append(out["fusion_weight"].detach().float())
         totals = ddp.sum_across({**{k: float(v) for k, v in sums.items()}, "_steps": float(len(order))})
         steps = max(1.0, totals.pop("_steps"))
         row: dict[str, Any] = {"epoch": epoch, "lr": lr, **{k: v / steps for k, v in totals.items()},
                                **{f"tau_{s}": t for s, t in taus.items()},
                                "fusion_weight": float(torch.stack(fusion).mean()) if fusion else None,
-                               "threads": threads,
+                               **stats.row(store.classes), "threads": threads,
                                "train_seconds": round(time.perf_counter() - started, 3)}
         val_auc = val_acc = val_loss = None
         judged = sync_buffers(average, model) if average is not None else model
@@ -378,6 +278,9 @@ def train_fold(p: Params, store: FeatureStore, split: dict[str, list[str]],
             val_auc = auc_score(val.labels, probs)
             val_acc = float((probs.argmax(1) == val.labels).mean())
             val_loss = validation_loss(probs, val.labels)
+            row.update(validation_row(probs, val.labels, store.classes))
+        watch.epoch(epoch, probs if len(val) else None, main)
+        state["collapse"] = watch.state()
         row.update(val_auc=val_auc, val_acc=val_acc, val_loss=val_loss,
                    epoch_seconds=round(time.perf_counter() - started, 3))
         score = selection_score(policy, val_auc, val_acc, row["loss"], val_loss)
@@ -405,7 +308,8 @@ def train_fold(p: Params, store: FeatureStore, split: dict[str, list[str]],
     best.load_state_dict(state["best_state"])  # the selected epoch's weights (their average with ema_epochs)
     summary = {"fold": fold, "member": member, "best_epoch": state["best_epoch"], "best_score": state["best_score"],
                "epochs_run": state["epoch"], "stopped_early": state["stopped_early"], "save_policy": policy,
-               "threads": threads, "precision": precision_name(amp), "ema_epochs": p.ema_epochs}
+               "threads": threads, "precision": precision_name(amp), "ema_epochs": p.ema_epochs,
+               "collapsed_epochs": watch.spans()}
     if p.ensemble > 1:  # members may select on validation slides of their own (ensemble_val: resplit)
         summary["val_slides"] = list(split["val"])
     if snap_at:

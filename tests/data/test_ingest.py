@@ -138,6 +138,8 @@ def test_unknown_label_and_duplicate_and_bad_csv(tmp_path):
     (tmp_path / "labels.csv").write_text("slide_id,label\ns0,0\ns0,1\n")
     _expect_error(tmp_path, params, "slide 's0'.*duplicate")
     (tmp_path / "labels.csv").write_text("slide,lbl\ns0,0\n")
+    _expect_error(tmp_path, params, "column 'slide' is not one labels_csv reads; did you mean 'slide_id'")
+    (tmp_path / "labels.csv").write_text("name,diagnosis\ns0,0\n")
     _expect_error(tmp_path, params, "lacks column\\(s\\) slide_id, label")
     (tmp_path / "t.csv").write_text("slide,label\ns1,maybe\n")
     (tmp_path / "train.txt").write_text("")
