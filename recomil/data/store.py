@@ -119,6 +119,12 @@ class StoreWriter:
         shutil.rmtree(self.tmp, ignore_errors=True)
 
 
+def read_manifest(path: str | Path) -> pd.DataFrame:
+    """A store's ``manifest.csv``, ids and labels as written (``0001`` and ``NA`` stay text)."""
+    return pd.read_csv(path, dtype={"slide_id": str, "patient_id": str, "split": str, "label": str},
+                       keep_default_na=False)
+
+
 class FeatureStore:
     """Read-only, memory-mapped view of a store directory."""
 
@@ -131,9 +137,7 @@ class FeatureStore:
         self.classes: list[str] = self.meta["classes"]
         self.scales: tuple[str, ...] = tuple(self.meta["scales"])
         self.dims: dict[str, int] = self.meta["dims"]
-        self.manifest = pd.read_csv(self.path / "manifest.csv", dtype={"slide_id": str, "patient_id": str,
-                                                                       "split": str, "label": str},
-                                    keep_default_na=False)
+        self.manifest = read_manifest(self.path / "manifest.csv")
         self._index = {sid: i for i, sid in enumerate(self.manifest["slide_id"])}
         self._offsets = {s: np.load(self.path / f"{s}.offsets.npy") for s in self.scales}
         dtype = np.dtype(self.meta["dtype"])
