@@ -1,0 +1,147 @@
+"""The training recipe's parts (issue #31): optimiser, clipping, bag order and steps, instance
+dropout, and the per-epoch diagnostics with the collapse warning."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from recomil.config import make_params
+from recomil.pipeline import paths, train_stage
+from recomil.training.batching import drop_instances, epoch_order, step_groups
+from recomil.training.diagnostics import COLLAPSE_EPOCHS, CollapseWatch, StepStats, validation_row
+from recomil.training.optim import build_optimizer, clip_gradients
+from tests.conftest import prepare_demo
+
+
+def test_adamw_decouples_the_weight_decay_and_adam_couples_it():
+    """With a zero loss gradient, AdamW shrinks a weight by lr * wd * w; Adam feeds wd * w through its
+    normalisation, which moves the weight by about lr whatever its size."""
+    moved = {}
+    for name in ("adam", "adamw"):
+        w = torch.nn.Linear(1, 1, bias=False)
+        with torch.no_grad():
+            w.weight.fill_(2.0)
+        opt = build_optimizer(w, make_params({"optimizer": name, "lr": 0.01, "weight_decay": 0.1}))
+        w.weight.grad = torch.zeros_like(w.weight)
+        opt.step()
+        moved[name] = 2.0 - float(w.weight.detach())
+    assert moved["adamw"] == pytest.approx(0.01 * 0.1 * 2.0, rel=1e-4)
+    assert moved["adam"] == pytest.approx(0.01, rel=1e-3)
+
+
+def test_clipping_rescales_to_the_norm_and_reports_the_norm_before():
+    w = torch.nn.Linear(2, 1, bias=False)
+    for max_norm, after in ((1.0, 1.0), (0.0, 5.0), (10.0, 5.0)):
+        w.weight.grad = torch.tensor([[3.0, 4.0]])
+        before = clip_gradients(w, max_norm)
+        assert float(before) == pytest.approx(5.0)
+        assert float(w.weight.grad.norm()) == pytest.approx(after, rel=1e-5)
+
+
+def test_bag_order_shuffle_visits_every_bag_once_and_balanced_draws_classes_equally():
+    labels = np.array([0] * 90 + [1] * 10)
+    order = epoch_order("shuffle", labels, np.random.default_rng(0))
+    assert sorted(order) == list(range(100))
+    draws = np.concatenate([epoch_order("balanced", labels, np.random.default_rng(s)) for s in range(50)])
+    share = labels[draws].mean()
+    assert len(draws) == 5000 and 0.46 < share < 0.54
+    assert set(draws[labels[draws] == 1]) == set(range(90, 100))  # every minority bag drawn
+
+
+def test_step_groups_cut_the_order_into_steps_of_bags_per_step():
+    groups = step_groups(np.arange(7), 3)
+    assert [g.tolist() for g in groups] == [[0, 1, 2], [3, 4, 5], [6]]
+    assert len(step_groups(np.arange(7), 1)) == 7
+
+
+def test_instance_dropout_keeps_a_share_of_the_patches_and_at_least_one():
+    torch.manual_seed(0)
+    bag = {"high": torch.arange(10000.0)[:, None], "low": torch.zeros(1, 3)}
+    assert drop_instances(bag, 0.0) is bag
+    out = drop_instances(bag, 0.5)
+    assert 4700 < out["high"].shape[0] < 5300 and out["low"].shape[0] == 1
+    kept = out["high"][:, 0]
+    assert torch.equal(kept, torch.sort(kept).values)  # the patches kept, in their order
+    assert drop_instances({"high": torch.ones(3, 2)}, 0.999999)["high"].shape[0] >= 1
+
+
+def test_step_stats_average_the_norms_count_clipped_steps_and_the_true_class_probability():
+    st = StepStats(2, torch.device("cpu"))
+    for norm in (0.5, 2.0, 4.0):
+        st.step(torch.tensor(norm), 1.0)
+    st.bag(torch.tensor([[0.0, 0.0]]), torch.tensor([1]))
+    st.bag(torch.tensor([[np.log(3.0), 0.0]]), torch.tensor([0]))
+    st.bag(torch.tensor([[0.0, np.log(4.0)]]), torch.tensor([1]))
+    row = st.row(["normal", "tumor"])
+    assert row["grad_norm_mean"] == pytest.approx(6.5 / 3) and row["grad_norm_max"] == 4.0
+    assert row["clipped_share"] == pytest.approx(2 / 3)
+    assert row["train_ptrue_normal"] == pytest.approx(0.75) and row["train_ptrue_tumor"] == pytest.approx(0.65)
+    v = validation_row(np.array([[0.9, 0.1], [0.4, 0.6], [0.7, 0.3]]), np.array([0, 1, 1]), ["normal", "tumor"])
+    assert v == pytest.approx({"val_ptrue_normal": 0.9, "val_ptrue_tumor": 0.45, "val_pred_normal": 2 / 3,
+                               "val_pred_tumor": 1 / 3})
+
+
+def test_the_collapse_watch_warns_once_per_stretch_of_one_class_after_warm_up(capsys):
+    one = np.array([[0.9, 0.1], [0.8, 0.2], [0.7, 0.3]])
+    mixed = np.array([[0.9, 0.1], [0.2, 0.8], [0.7, 0.3]])
+    watch = CollapseWatch("fold 2", first_epoch=4, classes=["normal", "tumor"])
+    for e in range(1, 4):  # warm-up: never counted
+        watch.epoch(e, one)
+    assert capsys.readouterr().err == ""
+    for e in range(4, 4 + COLLAPSE_EPOCHS - 1):
+        watch.epoch(e, one)
+    assert capsys.readouterr().err == ""  # not yet enough epochs in a row
+    watch.epoch(4 + COLLAPSE_EPOCHS - 1, one)
+    watch.epoch(4 + COLLAPSE_EPOCHS, one)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "fold 2" in err[0] and "'normal'" in err[0] and f"epochs 4-{3 + COLLAPSE_EPOCHS}" in err[0]
+    watch.epoch(10, mixed)
+    for e in range(11, 11 + COLLAPSE_EPOCHS):
+        watch.epoch(e, one[:, ::-1])
+    assert "'tumor'" in capsys.readouterr().err
+    assert watch.spans() == [[4, 4 + COLLAPSE_EPOCHS], [11, 10 + COLLAPSE_EPOCHS]]
+    resumed = CollapseWatch("fold 2", 4, ["normal", "tumor"])
+    resumed.load(watch.state())
+    assert resumed.spans() == watch.spans()
+
+
+def test_a_collapsing_run_is_named_in_the_log_the_summary_and_the_curves(project, tiny_params, capsys):
+    """A tiny cohort trained at a learning rate far too high for it, one bag per clipped step: every
+    validation slide ends predicted as one class; the warning names the fold and epochs, the summary
+    keeps them, and the per-epoch log and PNG carry the diagnostics."""
+    p = dataclasses.replace(tiny_params, epochs=8, warmup_epochs=1, freeze_protos_epochs=1, lr=0.5,
+                            weight_decay=0.0, save_policy="last", val_split=0.5, label_smoothing=0.0)
+    prepare_demo(p)
+    capsys.readouterr()
+    summary = train_stage.run_train(p, progress=False)["folds"][0]
+    err = capsys.readouterr().err
+    assert summary["collapsed_epochs"], err
+    first, last = summary["collapsed_epochs"][0]
+    assert "fold 0: every validation slide predicted" in err and f"epochs {first}-" in err
+    log = pd.read_csv(paths.TRAIN_LOG / "fold_0.csv")
+    for col in ("grad_norm_mean", "grad_norm_max", "clipped_share", "train_ptrue_normal", "train_ptrue_tumor",
+                "val_ptrue_normal", "val_ptrue_tumor", "val_pred_normal", "val_pred_tumor"):
+        assert col in log.columns
+    assert (log["grad_norm_max"] >= log["grad_norm_mean"]).all() and log["clipped_share"].between(0, 1).all()
+    assert log.loc[log["epoch"].between(first, last), ["val_pred_normal", "val_pred_tumor"]].max(axis=1).eq(1).all()
+    png = paths.TRAIN_CURVES / "fold_0.png"
+    assert png.is_file() and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_bags_per_step_takes_one_optimiser_step_per_group_of_bags(project, tiny_params):
+    """With bags_per_step equal to the training set, an epoch is one step: its single gradient norm is
+    both the mean and the max; with 1, the steps differ."""
+    p = dataclasses.replace(tiny_params, epochs=2, warmup_epochs=1, freeze_protos_epochs=1)
+    prepare_demo(p)
+    n_train = len(__import__("json").loads(paths.SPLIT.read_text())["folds"][0]["train"])
+    train_stage.run_train(dataclasses.replace(p, bags_per_step=n_train), progress=False)
+    log = pd.read_csv(paths.TRAIN_LOG / "fold_0.csv")
+    assert np.allclose(log["grad_norm_mean"], log["grad_norm_max"])
+    train_stage.run_train(p, progress=False)
+    log = pd.read_csv(paths.TRAIN_LOG / "fold_0.csv")
+    assert (log["grad_norm_max"] > log["grad_norm_mean"] * 1.0001).all()
