@@ -145,3 +145,57 @@ def test_changed_files_outside_the_project_rerun_ingest(repo, tmp_path):
     dag = _run(["dvc", "dag"], dest, env)
     assert "ingest" in dag and "demo" not in dag
     assert not (dest / "data" / "demo").exists() and not (dest / "data" / "store" / "ground_truth").exists()
+
+
+def _user_cohort(root: Path) -> dict:
+    """A small user cohort (``folder`` preset): 24 slides of 20-40 patches, 8 features."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    feats = root / "feats"
+    feats.mkdir(parents=True)
+    rows = ["Slide_ID,Label"]
+    for i in range(24):
+        x = rng.normal(size=(int(rng.integers(20, 40)), 8)).astype(np.float32)
+        x[:3] += 4 * (i % 2)
+        np.save(feats / f"{i:04d}.npy", x)
+        rows.append(f"{i:04d},{i % 2}")
+    (root / "labels.csv").write_text("\n".join(rows) + "\n")
+    return {"dataset": "folder", "root_dir_high": str(feats), "labels_csv": str(root / "labels.csv"),
+            "root_dir_low": "", "val_split": 0.25}
+
+
+def test_a_sweep_on_a_users_cohort_from_a_fresh_clone(repo, tmp_path):
+    """The README's sweep on a user's cohort in a fresh clone whose committed dvc.lock is the demo's
+    (no cache of it): two queued experiments with -j 1, then two with -j 2, all succeed with metrics of
+    their own; a failed experiment would show no other run's metrics."""
+    dest, env = repo
+    _run(["dvc", "repro"], dest, env)  # the demo, committed as the project ships it
+    _run(["git", "add", "-A"], dest, env)
+    _run(["git", "commit", "-qm", "demo"], dest, env)
+    clone = tmp_path / "clone"
+    _run(["git", "clone", "-q", str(dest), str(clone)], tmp_path, env)
+    params = yaml.safe_load((clone / "params.yaml").read_text())
+    params.update(_user_cohort(tmp_path / "user"))
+    (clone / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    _run(["git", "commit", "-qam", "my cohort"], clone, env)
+    for jobs, alphas in ((1, ("0.1", "0.4")), (2, ("0.2", "0.3"))):
+        for a in alphas:
+            _run(["dvc", "exp", "run", "--queue", "-S", f"outlier_alpha_high={a}"], clone, env)
+        _run(["dvc", "queue", "start", "-j", str(jobs)], clone, env)
+        for _ in range(180):
+            if not any(s in _run(["dvc", "queue", "status"], clone, env) for s in ("Running", "Queued")):
+                break
+            time.sleep(5)
+    status = _run(["dvc", "queue", "status"], clone, env)
+    assert "Failed" not in status and status.count("Success") == 4, status
+    res = subprocess.run(["dvc", "exp", "show", "--json"], cwd=clone, env=env, capture_output=True, text=True)
+    shown = json.loads(res.stdout)
+    runs = [e for rev in shown for exp in (rev.get("experiments") or []) for e in exp["revs"]]
+    assert len(runs) == 4
+    for r in runs:
+        data = r["data"]
+        metrics = data["metrics"]["results/metrics.json"]["data"]
+        assert metrics["n_test"] != 24 and "loc_auc" not in metrics  # the user's test slides, not the demo's
+        assert data["params"]["params.yaml"]["data"]["dataset"] == "folder"
+    assert len({r["data"]["params"]["params.yaml"]["data"]["outlier_alpha_high"] for r in runs}) == 4
