@@ -173,6 +173,8 @@ class Params:
     bags_per_step: int = 1
     sampler: str = "shuffle"
     instance_dropout: float = 0.0
+    lambda_inst: float = 0.0
+    inst_top_p: float = 0.01
     patience: int = 10
     early_stop_after_warmup: bool = True
     min_delta: float = 0.0
@@ -283,6 +285,11 @@ def _validate(p: Params) -> None:
         raise ConfigError(f"param 'kmeans_sample_ratio' must lie in (0, 1], got {p.kmeans_sample_ratio}")
     if p.folds == 1 or p.folds < 0:
         raise ConfigError(f"param 'folds' must be 0 (the dataset's own split) or at least 2, got {p.folds}")
+    if not (math.isfinite(p.lambda_inst) and p.lambda_inst >= 0):
+        raise ConfigError(f"param 'lambda_inst' must be 0 (off) or a positive weight, got {p.lambda_inst}")
+    if not 0.0 < p.inst_top_p <= 1.0:
+        raise ConfigError(f"param 'inst_top_p' must lie in (0, 1] (a share of a positive slide's patches), "
+                          f"got {p.inst_top_p}")
     if not (math.isfinite(p.grad_clip) and p.grad_clip >= 0):
         raise ConfigError(f"param 'grad_clip' must be 0 (no clipping) or a positive gradient norm, got {p.grad_clip}")
     if p.lr <= 0:

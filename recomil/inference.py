@@ -79,6 +79,10 @@ def model_num_classes(model: MILClassifier) -> int:
     return last.out_features
 
 
+#: keys added after checkpoints were first written whose later default may differ from "off"
+_ADDED_OFF = {"lambda_inst": 0.0}
+
+
 def load_model(path: str | Path, device: torch.device | str = "cpu") -> tuple[MILClassifier, Params, list[str]]:
     """Load a checkpoint written by the train stage (safely: ``weights_only=True``, so a file
     cannot run code). A file that is not such a checkpoint is a :class:`DataError` naming it."""
@@ -86,7 +90,8 @@ def load_model(path: str | Path, device: torch.device | str = "cpu") -> tuple[MI
         ckpt = torch.load(path, map_location=device, weights_only=True)
         if not isinstance(ckpt, dict) or not {"params", "state_dict", "classes"} <= set(ckpt):
             raise ValueError("it lacks params, state_dict or classes")
-        p = make_params(ckpt["params"])
+        # a checkpoint written before a key existed was trained without what it adds: its default off
+        p = make_params({**_ADDED_OFF, **ckpt["params"]})
         model = build_model(p)
         model.load_state_dict(ckpt["state_dict"])
     except FileNotFoundError:

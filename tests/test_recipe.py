@@ -4,6 +4,7 @@ dropout, and the per-epoch diagnostics with the collapse warning."""
 from __future__ import annotations
 
 import dataclasses
+import json
 
 import numpy as np
 import pandas as pd
@@ -145,3 +146,56 @@ def test_bags_per_step_takes_one_optimiser_step_per_group_of_bags(project, tiny_
     train_stage.run_train(p, progress=False)
     log = pd.read_csv(paths.TRAIN_LOG / "fold_0.csv")
     assert (log["grad_norm_max"] > log["grad_norm_mean"] * 1.0001).all()
+
+
+def test_instance_loss_negative_slides_push_every_patch_down_positive_slides_only_their_top_patches():
+    from recomil.training.instance_loss import instance_loss
+
+    s = torch.tensor([2.0, -1.0, 0.5, 3.0, -2.0, 0.0, 1.0, -0.5, 0.2, 0.1], requires_grad=True)
+    neg = instance_loss(s, positive=False, top_p=0.2)
+    assert float(neg) == pytest.approx(float(torch.nn.functional.softplus(s).mean()), rel=1e-6)
+    (g,) = torch.autograd.grad(neg, s)
+    assert (g > 0).all()  # every patch of a negative slide pushed down
+    pos = instance_loss(s, positive=True, top_p=0.2)  # k = floor(10 * 0.2) = 2: the patches scoring 3.0 and 2.0
+    assert float(pos) == pytest.approx(float(torch.nn.functional.softplus(-s[[3, 0]]).mean()), rel=1e-6)
+    (g,) = torch.autograd.grad(pos, s)
+    assert set(torch.nonzero(g).flatten().tolist()) == {0, 3} and (g[[0, 3]] < 0).all()
+    assert float(instance_loss(s[:3], positive=True, top_p=0.01)) == pytest.approx(
+        float(torch.nn.functional.softplus(-s[0])), rel=1e-6)  # at least one patch
+
+
+def test_lambda_inst_adds_the_instance_loss_to_training_and_is_refused_beyond_two_classes(project, tiny_params):
+    p = dataclasses.replace(tiny_params, epochs=2, warmup_epochs=1, freeze_protos_epochs=1, lambda_inst=0.5)
+    prepare_demo(p)
+    train_stage.run_train(p, progress=False)
+    log = pd.read_csv(paths.TRAIN_LOG / "fold_0.csv")
+    ortho = sum(0.02 * log[f"ortho_{s}"] for s in ("high", "low"))
+    assert np.allclose(log["loss"], log["ce"] + ortho + 0.5 * log["inst"], atol=1e-5)
+    assert (log["inst"] > 0).all()
+    from recomil.inference import load_model
+
+    model, _, _ = load_model(paths.MODELS / "fold_0" / "best.pt")
+    assert all(b.instance_head is not None for b in model.branches.values())
+    three = dataclasses.replace(p, num_classes=3)
+    from recomil.data.errors import DataError
+    from recomil.data.store import FeatureStore
+    from recomil.training import trainer
+
+    store = FeatureStore(paths.STORE)
+    store.classes = ["a", "b", "c"]
+    with pytest.raises(DataError, match="lambda_inst is 0.5, but the instance-level loss needs two classes"):
+        trainer.train_fold(three, store, json.loads(paths.SPLIT.read_text())["folds"][0],
+                           train_stage.load_prototypes(store.scales, 0), project / "m", project / "r.pt",
+                           trainer.Tracker(None, mode="disabled", project="x", name="x", group="x", config={}))
+
+
+def test_a_checkpoint_written_before_lambda_inst_existed_loads_without_an_instance_head(project, tiny_params):
+    from recomil.inference import load_model
+    from recomil.model import build_model
+
+    p = dataclasses.replace(tiny_params, feat_dim_high=16, feat_dim_low=None)
+    model = build_model(p)
+    old = {k: v for k, v in p.to_dict().items() if k not in ("lambda_inst", "inst_top_p")}
+    torch.save({"state_dict": model.state_dict(), "params": old, "classes": ["a", "b"]}, project / "old.pt")
+    loaded, q, _ = load_model(project / "old.pt")
+    assert q.lambda_inst == 0 and loaded.branches["high"].instance_head is None

@@ -95,12 +95,14 @@ class ReCoBranch(nn.Module):
         gate_at_eval: apply the rarity gate at evaluation too.
         ortho_on_projected: orthogonal term on projected prototypes ``C`` instead of raw ``Π``.
         recalibrate: add the prototype context to the instances (False: the ablation without it).
+        instance_head: add a linear patch classifier on the patch tokens ``Z[:N]`` whose logits
+            (``instance_logits`` ``[N]``) the instance-level auxiliary loss trains (``lambda_inst``).
     """
 
     def __init__(self, sp: ScaleParams, feat_dim: int, num_classes: int, num_enhancers: int, drop: float,
                  prototypes: torch.Tensor | None = None, counts: torch.Tensor | None = None,
                  gate_at_eval: bool = False, ortho_on_projected: bool = False,
-                 checkpoint_min_patches: int = 16384, recalibrate: bool = True) -> None:
+                 checkpoint_min_patches: int = 16384, recalibrate: bool = True, instance_head: bool = False) -> None:
         super().__init__()
         k, e = sp.num_protos, sp.embed_dim
         if k < 2 ** num_enhancers:
@@ -125,6 +127,8 @@ class ReCoBranch(nn.Module):
         self.tokens_norm = nn.LayerNorm(e)
         self.pool = GatedAttention(e, e, drop)
         self.head = nn.Sequential(nn.Linear(e, e), nn.ReLU(), Dropout(drop), nn.Linear(e, num_classes))
+        # instance-level auxiliary classifier of the patch tokens (lambda_inst > 0; training signal only)
+        self.instance_head = nn.Linear(e, 1) if instance_head else None
         self.register_buffer("sim_scale", torch.tensor(1.0))
         self.register_buffer("tau", torch.tensor(float(sp.tau_start)))
         w = rare_prototype_weights(counts, sp.rare_beta)
@@ -160,7 +164,8 @@ class ReCoBranch(nn.Module):
         Returns:
             ``logits`` ``[1, C]``, ``attention`` ``[N]`` (patch share of the pooled attention),
             ``proto_attention`` ``[K_L]``, ``gate`` ``[N]`` bool (instances the rarity gate
-            boosted), ``assignment`` ``[N]`` (nearest prototype at the first stage; eval mode only).
+            boosted), ``assignment`` ``[N]`` (nearest prototype at the first stage; eval mode only),
+            ``instance_logits`` ``[N]`` float32 (with an instance head).
         """
         sp = self.sp
         gate_mask = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
@@ -199,6 +204,8 @@ class ReCoBranch(nn.Module):
         logits = self.head(r)[None, :]
         n = x.shape[0]
         out = {"logits": logits, "attention": alpha[:n], "proto_attention": alpha[n:], "gate": gate_mask}
+        if self.instance_head is not None:
+            out["instance_logits"] = self.instance_head(z[:n]).squeeze(-1).float()
         if assignment is not None:
             out["assignment"] = assignment
         return out

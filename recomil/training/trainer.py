@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from recomil.config import Params
+from recomil.data.errors import DataError
 from recomil.data.store import FeatureStore
 from recomil.inference import predict_bags
 from recomil.metrics import auc_score
@@ -44,6 +45,7 @@ from recomil.training.bags import BagSet
 from recomil.training.batching import drop_instances, epoch_order, step_groups
 from recomil.training.device import auto_precision_reason, autocast_dtype, pick_device, precision_name
 from recomil.training.diagnostics import CollapseWatch, StepStats, validation_row
+from recomil.training.instance_loss import instance_loss
 from recomil.training.optim import build_optimizer, clip_gradients
 from recomil.training.schedule import lr_factor, temperature
 from recomil.training.selection import (  # noqa: F401 (re-exported: tests and benchmarks import them here)
@@ -144,6 +146,12 @@ def train_fold(p: Params, store: FeatureStore, split: dict[str, list[str]],
     # the weights validated, selected and saved: their moving average (ema_epochs > 0) or the weights
     average = weight_average(model, p, len(step_groups(ddp.shard(np.arange(len(train)), rank, world), p.bags_per_step)))
     weight = class_weights(train.labels, mp.num_classes).to(device) if p.class_weight else None
+    inst_scales = [s for s in mp.scales if getattr(model.branches[s], "instance_head", None) is not None]
+    if p.lambda_inst > 0 and mp.num_classes != 2:
+        raise DataError(f"lambda_inst is {p.lambda_inst}, but the instance-level loss needs two classes (negative "
+                        f"slides without positive patches); this cohort has {mp.num_classes}: set lambda_inst: 0")
+    if p.lambda_inst > 0 and not inst_scales and main:
+        print(f"note: train: {tag}: model {mp.model} has no instance head; lambda_inst is not used", file=sys.stderr)
     policy = p.save_policy
     snap_at = snapshot_epochs(p)
     if snap_at:  # no selection: every epoch is trained, the snapshot epochs' weights are kept
@@ -223,7 +231,8 @@ def train_fold(p: Params, store: FeatureStore, split: dict[str, list[str]],
         order = ddp.shard(epoch_order(p.sampler, train.labels, rng), rank, world)
         plan = step_groups(order, p.bags_per_step)
         # running sums stay on the device: no host synchronisation per step (read once per epoch)
-        sums = {k: torch.zeros((), device=device) for k in ("ce", "loss", *(f"ortho_{s}" for s in mp.scales))}
+        sums = {k: torch.zeros((), device=device)
+                for k in ("ce", "loss", *(f"ortho_{s}" for s in mp.scales), *(["inst"] if inst_scales else []))}
         fusion = []
         started = time.perf_counter()
         bar = tqdm(order, desc=f"{tag} epoch {epoch}/{p.epochs}", unit="bag",
@@ -243,6 +252,11 @@ def train_fold(p: Params, store: FeatureStore, split: dict[str, list[str]],
                 ce = F.cross_entropy(out["logits"].float(), y, weight=weight, label_smoothing=p.label_smoothing)
                 orth = model.ortho_losses()
                 loss = ce + sum(getattr(p, f"lambda_ortho_{s}") * orth[s] for s in mp.scales)
+                if inst_scales:  # the mean over scales of each branch's instance-level loss
+                    inst = sum(instance_loss(out[f"instance_logits_{s}"], bool(y == 1), p.inst_top_p)
+                               for s in inst_scales) / len(inst_scales)
+                    loss = loss + p.lambda_inst * inst
+                    sums["inst"] += inst.detach()
                 scaler.scale(loss / len(step_bags) if len(step_bags) > 1 else loss).backward()
                 stats.bag(out["logits"], y)
                 sums["ce"] += ce.detach()
