@@ -44,6 +44,7 @@ the paired difference to the original (same cohort and seed) with its standard e
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import math
 import os
@@ -238,6 +239,7 @@ def run_original(cohort: Path, d: int, seed: int, unit: Path, original: Path, th
                           unit, threads, log))
     pred = json.loads((unit / "predictions.json").read_text())
     return {**metrics_of(np.array(pred["labels"]), np.array(pred["prob"])), "epochs_run": len(epochs),
+            "best_epoch": pred.get("best_epoch"),
             "epoch_seconds": float(np.mean(epochs)) if epochs else None, "seconds": round(seconds, 1),
             "peak_rss_mb": round(peak, 1)}
 
@@ -262,7 +264,7 @@ def original_predict(original: Path, cohort: Path, ckpt: Path, out: Path) -> Non
         tau_low=a["tau_start_low"], route_topk_low=a["route_topk_low"],
         use_graph_reducer_low=a["use_graph_reducer_low"], graph_thresh_low=a["graph_thresh_low"],
         num_classes=a["num_classes"], num_enhancers=3, drop=0.25, hard=False)
-    model.load_state_dict(state["model_state"], strict=False)
+    model.load_state_dict(state["model_state"], strict=True)  # every weight of the checkpoint, nothing missing
     model.eval()
     labels_map = read_label_csv(str(cohort / "test_labels.csv"))
     ids = list(labels_map)
@@ -275,7 +277,7 @@ def original_predict(original: Path, cohort: Path, ckpt: Path, out: Path) -> Non
             out_ = model(data_high=xh[None], data_low=xl[None])
             probs.append(float(torch.softmax(out_["logits"], -1)[0, 1]))
             labels.append(int(y))
-    out.write_text(json.dumps({"ids": ids, "labels": labels, "prob": probs}))
+    out.write_text(json.dumps({"ids": ids, "labels": labels, "prob": probs, "best_epoch": int(state["epoch"])}))
 
 
 def run_recomil(cohort: Path, seed: int, unit: Path, overrides: dict[str, Any], threads: int) -> dict[str, Any]:
@@ -412,7 +414,11 @@ def run_unit(cohort_name: str, program: str, seed: int, work: Path, original: Pa
         rec = grow_unit(cohort, cohort_name, program, seed, unit, threads)
     else:
         rec = run_recomil(cohort, seed, unit, VARIANTS[program], threads)
-    rec = {"cohort": cohort_name, "program": program, "seed": seed, "threads": threads, **rec}
+    ran_with = ({"original": str(original), "cohort": COHORTS[cohort_name], "seed": seed} if program == "original"
+                else {"overrides": VARIANTS.get(program, {}), "cohort": COHORTS[cohort_name], "seed": seed,
+                      "params": json.loads((unit / "params.json").read_text()) if (unit / "params.json").is_file()
+                      else None})
+    rec = {"cohort": cohort_name, "program": program, "seed": seed, "threads": threads, **rec, **provenance(ran_with)}
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".tmp").write_text(json.dumps(rec, indent=1))
     out.with_suffix(".tmp").replace(out)
@@ -490,6 +496,25 @@ def member_curves(records: list[dict[str, Any]]) -> list[tuple]:
     return out
 
 
+def code_of(runs: Any) -> str:
+    """The commits (short) and params hashes of the records behind one mean: a mean over records made by
+    different code or params shows more than one; records from before provenance was kept say so."""
+    keys = sorted({f"{r['commit'][:9]}/{r['params_sha256'][:8]}" if r.get("commit") else "unrecorded" for r in runs})
+    return ", ".join(keys)
+
+
+def provenance(params: Any) -> dict[str, str]:
+    """The commit of this project (``-dirty`` when recomil/, stages/ or this script differ from it) and
+    a hash of the params a unit ran with."""
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True).stdout.strip()
+
+    dirty = git("status", "--porcelain", "--", "recomil", "stages", "benchmarks/vs_original.py")
+    text = json.dumps(params, sort_keys=True, default=str)
+    return {"commit": git("rev-parse", "HEAD") + ("-dirty" if dirty else ""),
+            "params_sha256": hashlib.sha256(text.encode()).hexdigest()}
+
+
 def report(records: list[dict[str, Any]]) -> str:
     lines = ["# recomil vs the original ReCo-MIL", "",
              "Written by `python benchmarks/vs_original.py` (see its docstring). Test metrics of each program "
@@ -502,8 +527,8 @@ def report(records: list[dict[str, Any]]) -> str:
     if META.is_file():
         m = json.loads(META.read_text())
         lines += [f"Last run: `{m['command']}` on {m['date']} ({m['machine']}).", ""]
-    lines += ["| cohort | program | seeds | AUC | acc | balanced acc | Δ AUC vs original | epochs | s/epoch "
-              "| epoch ratio vs original | peak MB (median) |", "|" + " --- |" * 11]
+    lines += ["| cohort | program | seeds | AUC | acc | balanced acc | Δ AUC vs original | epochs | selected epoch "
+              "| s/epoch | epoch ratio vs original | peak MB (median) | code |", "|" + " --- |" * 13]
     by: dict[tuple[str, str], dict[int, dict[str, Any]]] = {}
     for r in records:
         by.setdefault((r["cohort"], r["program"]), {})[r["seed"]] = r
@@ -531,10 +556,11 @@ def report(records: list[dict[str, Any]]) -> str:
             ep = np.mean([r["epochs_run"] for r in runs.values()])
             spe = [r["epoch_seconds"] for r in runs.values() if r.get("epoch_seconds")]
             peak = float(np.median([r["peak_rss_mb"] for r in runs.values()]))
+            sel = [r["best_epoch"] for r in runs.values() if r.get("best_epoch") is not None]
             lines.append(f"| {cohort} | {program} | {len(runs)} | {ms('auc')} | {ms('acc')} | {ms('balanced_acc')} "
-                         f"| {diff} | {ep:.1f} | {np.mean(spe):.2f} | {ratio} | {peak:.0f} |" if spe else
-                         f"| {cohort} | {program} | {len(runs)} | {ms('auc')} | {ms('acc')} | {ms('balanced_acc')} "
-                         f"| {diff} | {ep:.1f} | - | {ratio} | {peak:.0f} |")
+                         f"| {diff} | {ep:.1f} | {f'{np.mean(sel):.1f}' if sel else '-'} "
+                         f"| {f'{np.mean(spe):.2f}' if spe else '-'} | {ratio} | {peak:.0f} "
+                         f"| {code_of(runs.values())} |")
     notes = sorted({f"{r['cohort']} {r['program']}: {r['note']}" for r in records if r.get("note")})
     if notes:
         lines += ["", "Notes: " + "; ".join(notes) + "."]
