@@ -81,13 +81,21 @@ ORIGINAL: dict[str, Any] = {
 #: that the whole grid fits a few hours of a 2-core machine.
 _C128 = {"demo_feat_dim": 128, "demo_train_slides": 100, "demo_test_slides": 50, "demo_min_patches": 300,
          "demo_max_patches": 800, "demo_tumour_min": 0.004, "demo_tumour_max": 0.15}
+_C768 = {"demo_feat_dim": 768, "demo_train_slides": 60, "demo_test_slides": 40, "demo_min_patches": 300,
+         "demo_max_patches": 1500, "demo_tumour_min": 0.004, "demo_tumour_max": 0.15}
+#: the rare family of issue #31: D 128, 100/50 slides, tumour 0.2-2 % of a positive slide's patches
+_RARE = {**_C128, "demo_tumour_min": 0.002, "demo_tumour_max": 0.02}
 COHORTS: dict[str, dict[str, Any]] = {
-    "c768": {"demo_seed": 101, "demo_feat_dim": 768, "demo_train_slides": 60, "demo_test_slides": 40,
-             "demo_min_patches": 300, "demo_max_patches": 1500, "demo_tumour_min": 0.004,
-             "demo_tumour_max": 0.15},
+    "c768": {**_C768, "demo_seed": 101},
     "c128-a": {**_C128, "demo_seed": 102},
     "c128-b": {**_C128, "demo_seed": 103},
     "c128-rare": {**_C128, "demo_seed": 104, "demo_tumour_min": 0.002, "demo_tumour_max": 0.02},
+    # issue #31: development cohorts (generator seeds 201, 202, 204, 205), where recipe defaults were chosen,
+    # and reporting cohorts (301, 302, 303, 304), which never served to choose anything
+    **{f"dev768-{t}": {**_C768, "demo_seed": 200 + k} for t, k in (("a", 1), ("b", 2))},
+    **{f"devrare-{t}": {**_RARE, "demo_seed": 203 + k} for t, k in (("a", 1), ("b", 2))},
+    **{f"rep768-{k}": {**_C768, "demo_seed": 300 + k} for k in (1, 2)},
+    **{f"reprare-{k}": {**_RARE, "demo_seed": 302 + k} for k in (1, 2)},
     # the classic MIL sets of --data-root, one fixed stratified train/test split each; the original
     # trains dual-scale only (its single-scale path fails, docs/method.md), so both programs read
     # each bag's features at both scales

@@ -175,6 +175,7 @@ class Params:
     instance_dropout: float = 0.0
     lambda_inst: float = 0.0
     inst_top_p: float = 0.01
+    instance_stream: bool = False
     patience: int = 10
     early_stop_after_warmup: bool = True
     min_delta: float = 0.0
@@ -249,7 +250,7 @@ def _coerce(key: str, value: Any, default: Any) -> Any:
         raise ConfigError(f"param {key!r} must not be empty")
     if isinstance(default, bool) or key in {"no_val", "class_weight", "gate_at_eval", "ortho_on_projected",
                                                       "early_stop_after_warmup", "standardize", "select_after_warmup",
-                                                      "recalibrate", "use_low_scale"}:
+                                                      "recalibrate", "use_low_scale", "instance_stream"}:
         if not isinstance(value, bool):
             raise ConfigError(f"param {key!r} must be true or false, got {value!r}")
         return value
@@ -287,6 +288,9 @@ def _validate(p: Params) -> None:
         raise ConfigError(f"param 'folds' must be 0 (the dataset's own split) or at least 2, got {p.folds}")
     if not (math.isfinite(p.lambda_inst) and p.lambda_inst >= 0):
         raise ConfigError(f"param 'lambda_inst' must be 0 (off) or a positive weight, got {p.lambda_inst}")
+    if p.instance_stream and p.lambda_inst <= 0:
+        raise ConfigError("param 'instance_stream' needs the instance head that 'lambda_inst' > 0 trains "
+                          f"(lambda_inst is {p.lambda_inst})")
     if not 0.0 < p.inst_top_p <= 1.0:
         raise ConfigError(f"param 'inst_top_p' must lie in (0, 1] (a share of a positive slide's patches), "
                           f"got {p.inst_top_p}")

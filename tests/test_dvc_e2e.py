@@ -175,6 +175,13 @@ def test_a_sweep_on_a_users_cohort_from_a_fresh_clone(repo, tmp_path):
     _run(["git", "commit", "-qm", "demo"], dest, env)
     clone = tmp_path / "clone"
     _run(["git", "clone", "-q", str(dest), str(clone)], tmp_path, env)
+    # a fresh clone's demo ingest and split give exactly the hashes the committed dvc.lock records
+    out = _run(["dvc", "repro", "split"], clone, env)
+    assert {"ingest", "split"} <= _ran(out)
+    lock = yaml.safe_load((clone / "dvc.lock").read_text())["stages"]
+    committed = yaml.safe_load((dest / "dvc.lock").read_text())["stages"]
+    for stage in ("ingest", "split"):
+        assert lock[stage]["outs"] == committed[stage]["outs"], stage
     params = yaml.safe_load((clone / "params.yaml").read_text())
     params.update(_user_cohort(tmp_path / "user"))
     (clone / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))

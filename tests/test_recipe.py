@@ -199,3 +199,25 @@ def test_a_checkpoint_written_before_lambda_inst_existed_loads_without_an_instan
     torch.save({"state_dict": model.state_dict(), "params": old, "classes": ["a", "b"]}, project / "old.pt")
     loaded, q, _ = load_model(project / "old.pt")
     assert q.lambda_inst == 0 and loaded.branches["high"].instance_head is None
+
+
+def test_instance_stream_averages_the_heads_log_odds_with_the_top_patch_logit():
+    from recomil.model import build_model
+
+    base = {"feat_dim_high": 8, "feat_dim_low": None, "num_protos_high": 16, "embed_dim_high": 16, "lambda_inst": 1.0}
+    torch.manual_seed(0)
+    two = build_model(make_params({**base, "instance_stream": True})).eval()
+    one = build_model(make_params(base)).eval()
+    one.load_state_dict(two.state_dict())
+    x = torch.randn(30, 8)
+    with torch.no_grad():
+        a, b = two(x), one(x)
+    head, top = b["logits"][0], b["instance_logits_high"].max()
+    assert torch.allclose(a["logits"][0], torch.stack([head[0] / 2, (head[1] + top) / 2]), atol=1e-6)
+    assert torch.equal(a["instance_logits_high"], b["instance_logits_high"])
+    with pytest.raises(ValueError, match="instance_stream needs two classes"):
+        build_model(make_params({**base, "instance_stream": True, "num_classes": 3}))
+    from recomil.config import ConfigError
+
+    with pytest.raises(ConfigError, match="instance_stream"):
+        make_params({"instance_stream": True})

@@ -97,12 +97,16 @@ class ReCoBranch(nn.Module):
         recalibrate: add the prototype context to the instances (False: the ablation without it).
         instance_head: add a linear patch classifier on the patch tokens ``Z[:N]`` whose logits
             (``instance_logits`` ``[N]``) the instance-level auxiliary loss trains (``lambda_inst``).
+        instance_stream: two classes only; the bag's log-odds are the mean of the attention head's
+            (``l_1 - l_0``) and the highest patch logit of the instance head (DSMIL's max-pooling
+            stream): logits ``[l_0 / 2, (l_1 + max_i s_i) / 2]``.
     """
 
     def __init__(self, sp: ScaleParams, feat_dim: int, num_classes: int, num_enhancers: int, drop: float,
                  prototypes: torch.Tensor | None = None, counts: torch.Tensor | None = None,
                  gate_at_eval: bool = False, ortho_on_projected: bool = False,
-                 checkpoint_min_patches: int = 16384, recalibrate: bool = True, instance_head: bool = False) -> None:
+                 checkpoint_min_patches: int = 16384, recalibrate: bool = True, instance_head: bool = False,
+                 instance_stream: bool = False) -> None:
         super().__init__()
         k, e = sp.num_protos, sp.embed_dim
         if k < 2 ** num_enhancers:
@@ -128,7 +132,10 @@ class ReCoBranch(nn.Module):
         self.pool = GatedAttention(e, e, drop)
         self.head = nn.Sequential(nn.Linear(e, e), nn.ReLU(), Dropout(drop), nn.Linear(e, num_classes))
         # instance-level auxiliary classifier of the patch tokens (lambda_inst > 0; training signal only)
-        self.instance_head = nn.Linear(e, 1) if instance_head else None
+        self.instance_head = nn.Linear(e, 1) if instance_head or instance_stream else None
+        if instance_stream and num_classes != 2:
+            raise ValueError(f"scale {sp.name}: instance_stream needs two classes, got {num_classes}")
+        self.instance_stream = instance_stream
         self.register_buffer("sim_scale", torch.tensor(1.0))
         self.register_buffer("tau", torch.tensor(float(sp.tau_start)))
         w = rare_prototype_weights(counts, sp.rare_beta)
@@ -205,7 +212,11 @@ class ReCoBranch(nn.Module):
         n = x.shape[0]
         out = {"logits": logits, "attention": alpha[:n], "proto_attention": alpha[n:], "gate": gate_mask}
         if self.instance_head is not None:
-            out["instance_logits"] = self.instance_head(z[:n]).squeeze(-1).float()
+            inst = self.instance_head(z[:n]).squeeze(-1).float()
+            out["instance_logits"] = inst
+            if self.instance_stream:  # DSMIL's two streams: the log-odds average that of the top patch
+                head = logits.float()[0]
+                out["logits"] = torch.stack([head[0] / 2, (head[1] + inst.max()) / 2])[None, :]
         if assignment is not None:
             out["assignment"] = assignment
         return out
