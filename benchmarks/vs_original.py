@@ -75,6 +75,7 @@ ORIGINAL: dict[str, Any] = {
     "tie_break": "none",                # the first epoch of the best validation score is kept
     "select_after_warmup": False,       # every epoch may be selected, warm-up included
     "amp": "off",                       # float32 training (the original's --fp16 is off by default)
+    "lambda_inst": 0.0,                 # no instance-level loss
 }
 
 #: Slide-like cohorts (demo generator settings). One at CTransPath width; the others narrower so
@@ -124,6 +125,9 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "recomil-ens3-kmeans": {"ensemble": 3, "ensemble_protos": "resample"},
     "recomil-ens5": {"ensemble": 5},              # five models per fold; every member's test predictions kept
     "recomil-ens10": {"ensemble": 10},            # ten: members 5-9 trained, 0-4 taken from recomil-ens5 (GROWS)
+    "recomil-no-inst": {"lambda_inst": 0.0},     # no instance-level loss (the original's recipe)
+    "recomil-noclip": {"grad_clip": 0.0},        # no gradient-norm clipping
+    "recomil-stream": {"instance_stream": True},  # the instance head's top patch in the slide's log-odds (DSMIL)
     "recomil-bf16": {"amp": "bf16"},              # bf16 autocast whatever the bag size (amp: auto's choice on a
                                                   # bf16 CPU before it kept float32 for bags under 256 patches)
 }

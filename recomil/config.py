@@ -173,7 +173,7 @@ class Params:
     bags_per_step: int = 1
     sampler: str = "shuffle"
     instance_dropout: float = 0.0
-    lambda_inst: float = 0.0
+    lambda_inst: float = 1.0
     inst_top_p: float = 0.01
     instance_stream: bool = False
     patience: int = 10
