@@ -22,6 +22,7 @@ from recomil.pipeline import paths
 from recomil.pipeline.data_stages import load_split
 from recomil.pipeline.prototypes_stage import load_prototypes
 from recomil.training.bags import BagSet
+from recomil.training.instance_loss import instance_loss
 from recomil.training.tracking import Tracker
 from recomil.training.trainer import train_fold
 from tests.conftest import TINY, prepare_demo
@@ -110,18 +111,22 @@ def _orth(protos):  # METHOD.md §4: L_orth, restated
 @pytest.mark.parametrize("smoothing,lam", [(0.03, 0.02), (0.2, 0.5), (0.0, 0.0)])
 def test_the_loss_optimised_is_smoothed_cross_entropy_plus_the_orthogonal_terms(demo_project, smoothing, lam):
     """With a vanishing learning rate and no dropout or gate, the first epoch's logged terms can be
-    recomputed from the checkpoint: CE with label smoothing, and lambda * L_orth per scale."""
+    recomputed from the checkpoint: CE with label smoothing, lambda * L_orth per scale, and
+    lambda_inst times the instance-level loss (mean over scales)."""
     p, _, rows, best, _ = _train(demo_project, f"loss{smoothing}", epochs=1, warmup_epochs=1, lr=1e-12, drop=0.0,
                                  outlier_top_p_high=0.0, outlier_top_p_low=0.0, label_smoothing=smoothing,
                                  lambda_ortho_high=lam, lambda_ortho_low=2 * lam, save_policy="last", amp="off")
     model, mp, _ = load_model(best)
     store = FeatureStore(demo_project / paths.STORE)
     train = BagSet(store, load_split(demo_project / paths.SPLIT)[0]["train"], mp.scales)
-    ces = []
+    ces, insts = [], []
     with torch.no_grad():
         for j in range(len(train)):
             bag = train.bag(j)
-            logits = model(bag["high"], bag.get("low"))["logits"][0]
+            out = model(bag["high"], bag.get("low"))
+            logits = out["logits"][0]
+            insts.append(np.mean([instance_loss(out[f"instance_logits_{s}"], int(train.labels[j]) == 1,
+                                                mp.inst_top_p).item() for s in mp.scales]))
             logp = torch.log_softmax(logits, -1)
             y = int(train.labels[j])
             c = logits.shape[0]
@@ -132,7 +137,8 @@ def test_the_loss_optimised_is_smoothed_cross_entropy_plus_the_orthogonal_terms(
     assert row["ce"] == pytest.approx(np.mean(ces), rel=1e-4, abs=1e-5)
     orth = {s: _orth(model.branches[s].protos.detach()).item() for s in ("high", "low")}
     assert row["ortho_high"] == pytest.approx(orth["high"], rel=1e-4)
-    expected = row["ce"] + lam * orth["high"] + 2 * lam * orth["low"]
+    assert row["inst"] == pytest.approx(np.mean(insts), rel=1e-4, abs=1e-5)  # the instance-level loss (default on)
+    expected = row["ce"] + lam * orth["high"] + 2 * lam * orth["low"] + mp.lambda_inst * row["inst"]
     assert row["loss"] == pytest.approx(expected, rel=1e-5, abs=1e-7)
     if lam > 0:
         assert row["loss"] - row["ce"] > 1e-4, "the case must exercise the orthogonal term"
