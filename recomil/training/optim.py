@@ -33,4 +33,5 @@ def clip_gradients(model: nn.Module, max_norm: float) -> torch.Tensor:
         return torch.zeros(())
     if max_norm > 0:
         return torch.nn.utils.clip_grad_norm_(params, max_norm)
-    return torch.nn.utils.get_total_norm([q.grad for q in params])
+    with torch.no_grad():  # the norm clip_grad_norm_ would compute, without rescaling (any torch >= 2.1)
+        return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(q.grad.detach()) for q in params]))
