@@ -434,6 +434,10 @@ def run_unit(cohort_name: str, program: str, seed: int, work: Path, original: Pa
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".tmp").write_text(json.dumps(rec, indent=1))
     out.with_suffix(".tmp").replace(out)
+    if (unit / "results" / "train_log").is_dir():  # the per-epoch logs, to look inside a result later
+        logs = out.with_name(f"seed{seed}_train_log")
+        shutil.rmtree(logs, ignore_errors=True)
+        shutil.copytree(unit / "results" / "train_log", logs)
     shutil.rmtree(unit, ignore_errors=True)
     print(f"[{cohort_name} seed {seed}] {program}: AUC {rec['auc']:.3f} acc {rec['acc']:.3f} "
           f"{rec['epochs_run']} epochs, {rec['epoch_seconds'] or float('nan'):.1f} s/epoch, "
