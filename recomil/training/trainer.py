@@ -8,6 +8,12 @@ about the model; ``early_stop_after_warmup: false`` restores the original's beha
 Under ``torchrun`` each rank trains on its shard of the bags and gradients are averaged after
 every step (:mod:`recomil.training.distributed`); only rank 0 writes files and logs.
 
+The recipe's parts live in modules of their own: :mod:`~recomil.training.optim` (Adam or AdamW,
+clipping), :mod:`~recomil.training.batching` (bag order, bags per step, instance dropout),
+:mod:`~recomil.training.instance_loss` (``lambda_inst``), :mod:`~recomil.training.selection` (model
+selection, early stopping), :mod:`~recomil.training.averaging` (``ema_epochs``) and
+:mod:`~recomil.training.diagnostics` (the per-epoch collapse figures and warning).
+
 Every epoch ends with an atomic resume checkpoint; a run killed mid-way continues from its last
 complete epoch when started again with the same params, data, split and prototypes (checked by
 a fingerprint), and ends exactly as an uninterrupted run: the bag order of epoch ``e`` is drawn
