@@ -27,6 +27,7 @@ TIE_BREAKS = ("val_loss", "none")
 ENSEMBLE_VALS = ("resplit", "shared")
 OPTIMIZERS = ("adam", "adamw")
 SAMPLERS = ("shuffle", "balanced")
+INST_ON = ("tokens", "input")
 ENSEMBLE_PROTOS = ("shared", "resample")
 AMP_MODES = ("auto", "bf16", "fp16", "off")
 WANDB_MODES = ("offline", "online", "disabled")
@@ -176,6 +177,7 @@ class Params:
     lambda_inst: float = 1.0
     inst_top_p: float = 0.01
     instance_stream: bool = False
+    inst_on: str = "tokens"
     patience: int = 10
     early_stop_after_warmup: bool = True
     min_delta: float = 0.0
@@ -229,6 +231,7 @@ _CHOICES = {
     "amp": AMP_MODES,
     "optimizer": OPTIMIZERS,
     "sampler": SAMPLERS,
+    "inst_on": INST_ON,
     "wandb_mode": WANDB_MODES,
     "model": MODELS,
     "store_dtype": STORE_DTYPES,

@@ -80,7 +80,7 @@ def model_num_classes(model: MILClassifier) -> int:
 
 
 #: keys added after checkpoints were first written whose later default may differ from "off"
-_ADDED_OFF = {"lambda_inst": 0.0, "instance_stream": False}
+_ADDED_OFF = {"lambda_inst": 0.0, "instance_stream": False, "inst_on": "tokens"}
 
 
 def load_model(path: str | Path, device: torch.device | str = "cpu") -> tuple[MILClassifier, Params, list[str]]:

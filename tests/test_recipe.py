@@ -222,3 +222,18 @@ def test_instance_stream_averages_the_heads_log_odds_with_the_top_patch_logit():
 
     with pytest.raises(ConfigError, match="instance_stream"):
         make_params({"instance_stream": True, "lambda_inst": 0.0})
+
+
+def test_an_instance_head_on_the_input_is_linear_in_the_standardised_features():
+    from recomil.model import build_model
+
+    p = make_params({"feat_dim_high": 8, "feat_dim_low": None, "num_protos_high": 16, "embed_dim_high": 16,
+                     "inst_on": "input", "instance_stream": True})
+    torch.manual_seed(0)
+    model = build_model(p, input_stats={"high": (torch.full((8,), 0.5), torch.full((8,), 2.0))}).eval()
+    head = model.branches["high"].instance_head
+    assert head.in_features == 8
+    x = torch.randn(20, 8)
+    with torch.no_grad():
+        got = model(x)["instance_logits_high"]
+    assert torch.allclose(got, head((x - 0.5) / 2.0).squeeze(-1), atol=1e-6)

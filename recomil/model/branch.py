@@ -97,6 +97,9 @@ class ReCoBranch(nn.Module):
         recalibrate: add the prototype context to the instances (False: the ablation without it).
         instance_head: add a linear patch classifier on the patch tokens ``Z[:N]`` whose logits
             (``instance_logits`` ``[N]``) the instance-level auxiliary loss trains (``lambda_inst``).
+        inst_on: ``tokens`` (the patch tokens ``Z[:N]``, default) or ``input`` (a linear classifier
+            of the standardised input features, which cannot memorise a few patches per slide the way
+            a head on deep tokens can; it shapes no representation, so use it with ``instance_stream``).
         instance_stream: two classes only; the bag's log-odds are the mean of the attention head's
             (``l_1 - l_0``) and the highest patch logit of the instance head (DSMIL's max-pooling
             stream): logits ``[l_0 / 2, (l_1 + max_i s_i) / 2]``.
@@ -106,7 +109,7 @@ class ReCoBranch(nn.Module):
                  prototypes: torch.Tensor | None = None, counts: torch.Tensor | None = None,
                  gate_at_eval: bool = False, ortho_on_projected: bool = False,
                  checkpoint_min_patches: int = 16384, recalibrate: bool = True, instance_head: bool = False,
-                 instance_stream: bool = False) -> None:
+                 instance_stream: bool = False, inst_on: str = "tokens") -> None:
         super().__init__()
         k, e = sp.num_protos, sp.embed_dim
         if k < 2 ** num_enhancers:
@@ -132,7 +135,9 @@ class ReCoBranch(nn.Module):
         self.pool = GatedAttention(e, e, drop)
         self.head = nn.Sequential(nn.Linear(e, e), nn.ReLU(), Dropout(drop), nn.Linear(e, num_classes))
         # instance-level auxiliary classifier of the patch tokens (lambda_inst > 0; training signal only)
-        self.instance_head = nn.Linear(e, 1) if instance_head or instance_stream else None
+        self.inst_on = inst_on
+        width = feat_dim if inst_on == "input" else e
+        self.instance_head = nn.Linear(width, 1) if instance_head or instance_stream else None
         if instance_stream and num_classes != 2:
             raise ValueError(f"scale {sp.name}: instance_stream needs two classes, got {num_classes}")
         self.instance_stream = instance_stream
@@ -175,6 +180,7 @@ class ReCoBranch(nn.Module):
             ``instance_logits`` ``[N]`` float32 (with an instance head).
         """
         sp = self.sp
+        x_in = x  # the (standardised) features before the gate: the input of a linear instance head
         gate_mask = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
         gate_on = self._gate_active()
         if gate_on and not sp.gate_in_embed:
@@ -212,7 +218,7 @@ class ReCoBranch(nn.Module):
         n = x.shape[0]
         out = {"logits": logits, "attention": alpha[:n], "proto_attention": alpha[n:], "gate": gate_mask}
         if self.instance_head is not None:
-            inst = self.instance_head(z[:n]).squeeze(-1).float()
+            inst = self.instance_head(x_in.float() if self.inst_on == "input" else z[:n]).squeeze(-1).float()
             out["instance_logits"] = inst
             if self.instance_stream:  # DSMIL's two streams: the log-odds average that of the top patch
                 head = logits.float()[0]
