@@ -40,24 +40,23 @@ def run_stage(name: str, *args: str, params_path: str = "params.yaml") -> int:
     try:
         p: Params = load_params(params_path)
         result = _stage_function(name)(p, *args)
-    except _EXPECTED as exc:
-        if is_out_of_space(exc):
-            return _no_space(name, exc)
-        print(f"error: {name}: {exc}", file=sys.stderr)
-        return 1
-    except OSError as exc:
-        if is_out_of_space(exc):
-            return _no_space(name, exc)
-        raise
+    except (*_EXPECTED, OSError) as exc:
+        return _fail(name, exc)
     print(json.dumps({"stage": name, "result": result}, default=str)[:2000])
     return 0
 
 
-def _no_space(name: str, exc: OSError) -> int:
-    """One line for a full disk that no writer named (``exc.filename`` when the OS gave one)."""
-    where = exc.filename or f"a file under {os.getcwd()}"
-    print(f"error: {name}: {where}: no space left on the device (errno {exc.errno}); free some space, then run "
-          f"again", file=sys.stderr)
+def _fail(name: str, exc: BaseException) -> int:
+    """The one error line of command ``name`` (exit code 1) for bad input or a full disk (named by its
+    writer, else ``exc.filename`` when the OS gave one); any other OS error is raised again."""
+    if is_out_of_space(exc):
+        where = exc.filename or f"a file under {os.getcwd()}"
+        print(f"error: {name}: {where}: no space left on the device (errno {exc.errno}); free some space, then "
+              f"run again", file=sys.stderr)
+        return 1
+    if not isinstance(exc, _EXPECTED):
+        raise exc
+    print(f"error: {name}: {exc}", file=sys.stderr)
     return 1
 
 
@@ -123,12 +122,7 @@ def _heatmap(args: argparse.Namespace) -> int:
     except (*_EXPECTED, OSError) as exc:
         if created:  # a failed heatmap leaves no folder behind
             shutil.rmtree(out, ignore_errors=True)
-        if is_out_of_space(exc):
-            return _no_space("heatmap", exc)
-        if not isinstance(exc, _EXPECTED):
-            raise
-        print(f"error: heatmap: {exc}", file=sys.stderr)
-        return 1
+        return _fail("heatmap", exc)
     for path in paths:
         print(f"heatmap: {path}")
     return 0
@@ -158,12 +152,7 @@ def _predict(args: argparse.Namespace) -> int:
     except (*_EXPECTED, OSError) as exc:
         for path in written:  # all or nothing: no table without its companion
             path.unlink(missing_ok=True)
-        if is_out_of_space(exc):
-            return _no_space("predict", exc)
-        if not isinstance(exc, _EXPECTED):
-            raise
-        print(f"error: predict: {exc}", file=sys.stderr)
-        return 1
+        return _fail("predict", exc)
     print(f"predict: {len(probs)} slide(s) -> {out}")
     if top is not None:
         print(f"predict: top-{args.topk} attended patches -> {top_path}")
