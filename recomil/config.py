@@ -178,6 +178,7 @@ class Params:
     inst_top_p: float = 0.01
     instance_stream: bool = False
     inst_on: str = "tokens"
+    inst_lr: float = 0.0
     patience: int = 10
     early_stop_after_warmup: bool = True
     min_delta: float = 0.0
@@ -294,6 +295,9 @@ def _validate(p: Params) -> None:
     if p.instance_stream and p.lambda_inst <= 0:
         raise ConfigError("param 'instance_stream' needs the instance head that 'lambda_inst' > 0 trains "
                           f"(lambda_inst is {p.lambda_inst})")
+    if not (math.isfinite(p.inst_lr) and p.inst_lr >= 0):
+        raise ConfigError(f"param 'inst_lr' must be 0 (the instance head trains with lr, clipped with the model) or a "
+                          f"positive learning rate, got {p.inst_lr}")
     if not 0.0 < p.inst_top_p <= 1.0:
         raise ConfigError(f"param 'inst_top_p' must lie in (0, 1] (a share of a positive slide's patches), "
                           f"got {p.inst_top_p}")

@@ -237,3 +237,32 @@ def test_an_instance_head_on_the_input_is_linear_in_the_standardised_features():
     with torch.no_grad():
         got = model(x)["instance_logits_high"]
     assert torch.allclose(got, head((x - 0.5) / 2.0).squeeze(-1), atol=1e-6)
+
+
+def test_inst_lr_gives_the_instance_head_its_own_rate_outside_the_clipped_norm():
+    from recomil.model import build_model
+    from recomil.training.optim import build_optimizer, clip_gradients, instance_head_params
+
+    base = {"feat_dim_high": 8, "feat_dim_low": None, "num_protos_high": 16, "embed_dim_high": 16,
+            "inst_on": "input", "instance_stream": True}
+    torch.manual_seed(0)
+    model = build_model(make_params(base))
+    assert build_optimizer(model, make_params(base)).param_groups[0]["base_lr"] == 1e-4
+    assert len(build_optimizer(model, make_params(base)).param_groups) == 1  # inst_lr 0: one group, as before
+    opt = build_optimizer(model, make_params({**base, "inst_lr": 1e-2}))
+    head = instance_head_params(model)
+    assert [g["base_lr"] for g in opt.param_groups] == [1e-4, 1e-2]
+    assert {id(q) for q in opt.param_groups[1]["params"]} == {id(q) for q in head} and len(head) == 2
+    for q in model.parameters():
+        q.grad = torch.full_like(q, 3.0)
+    rest = [q for q in model.parameters() if all(q is not h for h in head)]
+    expected = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(q.grad) for q in rest]))
+    norm = clip_gradients(model, 1.0, opt)
+    assert torch.allclose(norm, expected)
+    assert all(torch.equal(h.grad, torch.full_like(h, 3.0)) for h in head)  # not clipped
+    got = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(q.grad) for q in rest]))
+    assert torch.allclose(got, torch.tensor(1.0), atol=1e-5)
+    from recomil.config import ConfigError
+
+    with pytest.raises(ConfigError, match="inst_lr"):
+        make_params({"inst_lr": -1.0})

@@ -17,18 +17,43 @@ from torch import nn
 from recomil.config import Params
 
 
+def instance_head_params(model: nn.Module) -> list[nn.Parameter]:
+    """The parameters of every branch's instance head (empty without one)."""
+    out: list[nn.Parameter] = []
+    for module in model.modules():
+        head = getattr(module, "instance_head", None)
+        if isinstance(head, nn.Module):
+            out.extend(head.parameters())
+    return out
+
+
 def build_optimizer(model: nn.Module, p: Params) -> torch.optim.Optimizer:
-    """Adam or AdamW (``p.optimizer``) over every parameter, ``lr`` and ``weight_decay`` from ``p``.
+    """Adam or AdamW (``p.optimizer``), ``lr`` and ``weight_decay`` from ``p``.
 
-    ``fused``: one kernel for all parameters (CPU and CUDA), the same update as the loop form."""
+    With ``inst_lr`` > 0 the instance heads form a second parameter group of base learning rate
+    ``inst_lr`` (each group's ``base_lr``; the schedule multiplies both by the same factor), which
+    :func:`clip_gradients` leaves out of the clipped norm. ``fused``: one kernel for all parameters
+    (CPU and CUDA), the same update as the loop form."""
     cls = torch.optim.AdamW if p.optimizer == "adamw" else torch.optim.Adam
-    return cls(model.parameters(), lr=p.lr, weight_decay=p.weight_decay, fused=True)
+    inst = {id(q) for q in instance_head_params(model)} if p.inst_lr > 0 else set()
+    groups = [{"params": [q for q in model.parameters() if id(q) not in inst], "base_lr": p.lr, "clip": True}]
+    if inst:
+        groups.append({"params": [q for q in model.parameters() if id(q) in inst], "base_lr": p.inst_lr,
+                       "clip": False})
+    for g in groups:
+        g["lr"] = g["base_lr"]
+    return cls(groups, lr=p.lr, weight_decay=p.weight_decay, fused=True)
 
 
-def clip_gradients(model: nn.Module, max_norm: float) -> torch.Tensor:
+def clip_gradients(model: nn.Module, max_norm: float, opt: torch.optim.Optimizer | None = None) -> torch.Tensor:
     """Clip the gradient's total L2 norm to ``max_norm`` (> 0; 0 = no clipping) and return the norm
-    it had before, a 0-d tensor on the parameters' device."""
-    params = [q for q in model.parameters() if q.grad is not None]
+    it had before, a 0-d tensor on the parameters' device. With ``opt``, only the parameters of its
+    groups marked ``clip`` count (the instance heads under ``inst_lr`` > 0 are neither clipped nor
+    counted)."""
+    if opt is not None:
+        params = [q for g in opt.param_groups if g.get("clip", True) for q in g["params"] if q.grad is not None]
+    else:
+        params = [q for q in model.parameters() if q.grad is not None]
     if not params:
         return torch.zeros(())
     if max_norm > 0:

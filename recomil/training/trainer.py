@@ -218,9 +218,10 @@ def train_fold(p: Params, store: FeatureStore, split: dict[str, list[str]],
     member_key = [member] if member else []  # member 0 keeps the streams of a run without an ensemble
     first_epoch = p.epochs + 1 if state["finished"] else state["epoch"] + 1
     for epoch in range(first_epoch, p.epochs + 1):
-        lr = p.lr * lr_factor(epoch, p.warmup_epochs, p.epochs)
+        factor = lr_factor(epoch, p.warmup_epochs, p.epochs)
+        lr = p.lr * factor
         for g in opt.param_groups:
-            g["lr"] = lr
+            g["lr"] = g.get("base_lr", p.lr) * factor
         taus = {s: temperature(epoch, mp.scale(s).tau_start, mp.scale(s).tau_end, mp.scale(s).tau_epochs)
                 for s in mp.scales}
         model.set_temperatures(taus)
@@ -273,7 +274,7 @@ def train_fold(p: Params, store: FeatureStore, split: dict[str, list[str]],
                     fusion.append(out["fusion_weight"].detach().float())
             ddp.average_gradients(model)
             scaler.unscale_(opt)
-            stats.step(clip_gradients(model, p.grad_clip), p.grad_clip)
+            stats.step(clip_gradients(model, p.grad_clip, opt), p.grad_clip)
             scaler.step(opt)
             scaler.update()
             if average is not None:
