@@ -28,6 +28,7 @@ ENSEMBLE_VALS = ("resplit", "shared")
 OPTIMIZERS = ("adam", "adamw")
 SAMPLERS = ("shuffle", "balanced")
 INST_ON = ("tokens", "input")
+BAG_BATCHING = ("padded", "accumulate")
 ENSEMBLE_PROTOS = ("shared", "resample")
 AMP_MODES = ("auto", "bf16", "fp16", "off")
 WANDB_MODES = ("offline", "online", "disabled")
@@ -172,6 +173,8 @@ class Params:
     grad_clip: float = 1.0
     optimizer: str = "adam"
     bags_per_step: int = 1
+    bag_batching: str = "padded"
+    length_buckets: int = 8
     sampler: str = "shuffle"
     instance_dropout: float = 0.0
     lambda_inst: float = 1.0
@@ -233,6 +236,7 @@ _CHOICES = {
     "optimizer": OPTIMIZERS,
     "sampler": SAMPLERS,
     "inst_on": INST_ON,
+    "bag_batching": BAG_BATCHING,
     "wandb_mode": WANDB_MODES,
     "model": MODELS,
     "store_dtype": STORE_DTYPES,
@@ -279,7 +283,7 @@ def _validate(p: Params) -> None:
             raise ConfigError(f"param {key!r} is {getattr(p, key)!r}; expected one of {', '.join(choices)}")
     positive = ["epochs", "num_enhancers", "num_protos_high", "num_protos_low", "embed_dim_high",
                 "embed_dim_low", "kmeans_batch_size", "kmeans_max_iter", "num_classes", "nproc",
-                "kmeans_lloyd_rows", "bags_per_step"]
+                "kmeans_lloyd_rows", "bags_per_step", "length_buckets"]
     for key in positive:
         if getattr(p, key) < 1:
             raise ConfigError(f"param {key!r} must be at least 1, got {getattr(p, key)}")

@@ -28,13 +28,14 @@ class ABMILBranch(nn.Module):
     def set_prototypes_frozen(self, frozen: bool) -> None:
         """No prototypes in ABMIL."""
 
-    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        """``x``: ``[N, D]`` -> ``logits`` ``[1, C]``, ``attention`` ``[N]``."""
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """``x``: ``[N, D]`` -> ``logits`` ``[1, C]``, ``attention`` ``[N]``; or ``[B, N, D]`` padded
+        bags with ``mask`` ``[B, N]`` bool -> ``[B, C]``, ``[B, N]`` (padding gets no attention)."""
         h = self.embed(x)
-        r, alpha = self.pool(h)
-        n = x.shape[0]
-        return {"logits": self.head(r)[None, :], "attention": alpha,
-                "gate": torch.zeros(n, dtype=torch.bool, device=x.device)}
+        r, alpha = self.pool(h, mask)
+        logits = self.head(r)
+        return {"logits": logits[None, :] if x.ndim == 2 else logits, "attention": alpha,
+                "gate": torch.zeros(x.shape[:-1], dtype=torch.bool, device=x.device)}
 
     def ortho_loss(self) -> torch.Tensor:
         """Zero (no prototypes)."""

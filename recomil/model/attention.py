@@ -17,16 +17,21 @@ class GatedAttention(nn.Module):
         self.u = nn.Sequential(nn.Linear(dim, hidden), nn.Sigmoid(), Dropout(drop))
         self.w = nn.Linear(hidden, 1)
 
-    def forward(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, z: torch.Tensor, mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Pool tokens.
 
         Args:
-            z: ``[T, dim]`` tokens.
+            z: ``[T, dim]`` tokens of one bag, or ``[B, T, dim]`` of B padded bags.
+            mask: ``[B, T]`` bool, True for real tokens (None: all real); padding gets attention 0.
 
         Returns:
-            ``(r, alpha)``: pooled ``[dim]`` and attention ``[T]`` (float32, sums to 1).
+            ``(r, alpha)``: pooled ``[dim]`` (``[B, dim]``) and attention ``[T]`` (``[B, T]``; float32,
+            each bag's sums to 1).
         """
-        scores = self.w(self.v(z) * self.u(z)).squeeze(-1)
-        alpha = torch.softmax(scores.float(), dim=0)
-        r = alpha.to(z.dtype) @ z
-        return r, alpha
+        scores = self.w(self.v(z) * self.u(z)).squeeze(-1).float()
+        if mask is not None:
+            scores = scores.masked_fill(~mask, float("-inf"))
+        alpha = torch.softmax(scores, dim=-1)
+        if z.ndim == 2:
+            return alpha.to(z.dtype) @ z, alpha
+        return (alpha.to(z.dtype).unsqueeze(-2) @ z).squeeze(-2), alpha

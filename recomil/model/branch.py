@@ -32,12 +32,12 @@ from recomil.model.similarity import best_similarity, nearest_prototype, similar
 
 
 def drop_surplus_ties(s: torch.Tensor, kth: torch.Tensor, k: int) -> torch.Tensor:
-    """Keep exactly ``k`` entries per row of ``s`` ``[N, K]`` when several equal the k-th largest
-    value ``kth`` ``[N, 1]`` (identical prototypes give exact ties): the lowest-index tied ones stay,
-    the rest become -inf, as the original's ``torch.topk`` mask keeps exactly k."""
+    """Keep exactly ``k`` entries per row of ``s`` ``[..., N, K]`` when several equal the k-th largest
+    value ``kth`` ``[..., N, 1]`` (identical prototypes give exact ties): the lowest-index tied ones
+    stay, the rest become -inf, as the original's ``torch.topk`` mask keeps exactly k."""
     tied = s == kth
-    allowed = k - (s > kth).sum(dim=1, keepdim=True)
-    surplus = tied & (tied.cumsum(dim=1) > allowed)
+    allowed = k - (s > kth).sum(dim=-1, keepdim=True)
+    surplus = tied & (tied.cumsum(dim=-1) > allowed)
     return s.masked_fill(surplus, float("-inf"))
 
 
@@ -59,23 +59,24 @@ class EnhancerStage(nn.Module):
 
     def forward(self, p: torch.Tensor, c: torch.Tensor, w: torch.Tensor | None, *, method: str, topk: int,
                 temp: torch.Tensor, hard: bool) -> torch.Tensor:
-        """Recalibrate ``p`` ``[N, E]`` by prototypes ``c`` ``[K, E]``; ``w`` ``[K]`` optional weights."""
+        """Recalibrate ``p`` ``[N, E]`` (or ``[B, N, E]``: row-wise, padding rows do not reach real
+        ones) by prototypes ``c`` ``[K, E]``; ``w`` ``[K]`` optional weights."""
         if not self.recalibrate:
             p = self.norm(p)
             return p + self.mlp(p)
         with torch.autocast(device_type=p.device.type, enabled=False):
             s = similarity(p.float(), c.float(), method)
-            if 0 < topk < s.shape[1]:
-                kth = s.topk(topk, dim=1).values[:, -1:]
+            if 0 < topk < s.shape[-1]:
+                kth = s.topk(topk, dim=-1).values[..., -1:]
                 s = s.masked_fill(s < kth, float("-inf"))
                 s = drop_surplus_ties(s, kth, topk)
-            a = torch.softmax(s / temp, dim=1)
+            a = torch.softmax(s / temp, dim=-1)
             if hard:
-                one_hot = F.one_hot(a.argmax(dim=1), a.shape[1]).to(a.dtype)
+                one_hot = F.one_hot(a.argmax(dim=-1), a.shape[-1]).to(a.dtype)
                 a = one_hot + a - a.detach()
             if w is not None:
-                a = a * w[None, :]
-                a = a / (a.sum(dim=1, keepdim=True) + 1e-6)
+                a = a * w
+                a = a / (a.sum(dim=-1, keepdim=True) + 1e-6)
         ctx = a.to(c.dtype) @ c
         p = self.norm(p + ctx.to(p.dtype))
         return p + self.mlp(p)
@@ -167,41 +168,50 @@ class ReCoBranch(nn.Module):
     def _gate_active(self) -> bool:
         return (self.training or self.gate_at_eval) and self.sp.outlier_top_p > 0 and self.sp.outlier_alpha > 0
 
-    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Classify one bag.
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """Classify one bag, or B padded bags at once.
 
         Args:
-            x: ``[N, D]`` instance features.
+            x: ``[N, D]`` instance features of one bag, or ``[B, N, D]`` of B bags padded to a common N.
+            mask: with ``[B, N, D]``, ``[B, N]`` bool, True for each bag's real patches (None: all
+                real). Every bag-level operation honours it: the rarity gate's ``floor(N p)`` uses each
+                bag's own N and never boosts padding, padding gets no attention, the instance stream
+                takes each bag's own highest patch. The rest is row-wise (routing, enhancers, tokens)
+                or bag-independent (prototypes, reducers), so a real patch never sees a padded one.
 
         Returns:
-            ``logits`` ``[1, C]``, ``attention`` ``[N]`` (patch share of the pooled attention),
-            ``proto_attention`` ``[K_L]``, ``gate`` ``[N]`` bool (instances the rarity gate
+            For one bag: ``logits`` ``[1, C]``, ``attention`` ``[N]`` (patch share of the pooled
+            attention), ``proto_attention`` ``[K_L]``, ``gate`` ``[N]`` bool (instances the rarity gate
             boosted), ``assignment`` ``[N]`` (nearest prototype at the first stage; eval mode only),
-            ``instance_logits`` ``[N]`` float32 (with an instance head).
+            ``instance_logits`` ``[N]`` float32 (with an instance head). For B bags the same with a
+            leading ``B`` (``logits`` ``[B, C]``, ``attention`` ``[B, N]`` with 0 on padding, ...).
         """
         sp = self.sp
+        single = x.ndim == 2
+        rows = x.shape[:-1]  # [N] or [B, N]
         x_in = x  # the (standardised) features before the gate: the input of a linear instance head
-        gate_mask = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
+        gate_mask = torch.zeros(rows, dtype=torch.bool, device=x.device)
         gate_on = self._gate_active()
         if gate_on and not sp.gate_in_embed:
-            g = rarity_gate(best_similarity(x.detach(), self.protos.detach(), sp.similarity_method),
-                            sp.outlier_top_p, sp.outlier_alpha)
+            best = best_similarity(x.detach().reshape(-1, x.shape[-1]), self.protos.detach(), sp.similarity_method)
+            g = rarity_gate(best.view(rows), sp.outlier_top_p, sp.outlier_alpha, mask)
             gate_mask = g > 1
-            x = x * g[:, None].to(x.dtype)
+            x = x * g[..., None].to(x.dtype)
         p = self.proj_x(x)
         c = self.proj_c(self.protos.to(x.dtype))
         if gate_on and sp.gate_in_embed:
-            g = rarity_gate(best_similarity(p.detach(), c.detach(), sp.similarity_method),
-                            sp.outlier_top_p, sp.outlier_alpha)
+            best = best_similarity(p.detach().reshape(-1, p.shape[-1]), c.detach(), sp.similarity_method)
+            g = rarity_gate(best.view(rows), sp.outlier_top_p, sp.outlier_alpha, mask)
             gate_mask = g > 1
-            p = p * g[:, None].to(p.dtype)
+            p = p * g[..., None].to(p.dtype)
         assignment = None
         if not self.training:  # an explanation only: training does not pay for it
             with torch.no_grad(), torch.autocast(device_type=x.device.type, enabled=False):
-                assignment = nearest_prototype(p.detach(), c.detach(), sp.similarity_method)
+                assignment = nearest_prototype(p.detach().reshape(-1, p.shape[-1]), c.detach(),
+                                               sp.similarity_method).view(rows)
         w = self.rare_weights if self._rare_on else None
         temp = (self.tau * self.sim_scale).clamp_min(1e-6)
-        use_ckpt = self.training and torch.is_grad_enabled() and x.shape[0] >= self.checkpoint_min_patches
+        use_ckpt = self.training and torch.is_grad_enabled() and rows.numel() >= self.checkpoint_min_patches
         for stage, reducer in zip(self.stages, self.reducers):
             kwargs = dict(method=sp.similarity_method, topk=sp.route_topk, temp=temp, hard=sp.hard)
             if use_ckpt:
@@ -211,18 +221,23 @@ class ReCoBranch(nn.Module):
             if w is not None:
                 w = reducer.reduce_weights(w)
             c = reducer(c)
-        z = torch.cat([p, c.to(p.dtype)], dim=0)
+        n = rows[-1]
+        c = c.to(p.dtype)
+        z = torch.cat([p, c if single else c.expand(p.shape[0], *c.shape)], dim=-2)
         z = self.tokens_norm(self.tokens(z))
-        r, alpha = self.pool(z)
-        logits = self.head(r)[None, :]
-        n = x.shape[0]
-        out = {"logits": logits, "attention": alpha[:n], "proto_attention": alpha[n:], "gate": gate_mask}
+        token_mask = None if mask is None else F.pad(mask, (0, c.shape[0]), value=True)
+        r, alpha = self.pool(z, token_mask)
+        logits = self.head(r)
+        if single:
+            logits = logits[None, :]
+        out = {"logits": logits, "attention": alpha[..., :n], "proto_attention": alpha[..., n:], "gate": gate_mask}
         if self.instance_head is not None:
-            inst = self.instance_head(x_in.float() if self.inst_on == "input" else z[:n]).squeeze(-1).float()
+            inst = self.instance_head(x_in.float() if self.inst_on == "input" else z[..., :n, :]).squeeze(-1).float()
             out["instance_logits"] = inst
             if self.instance_stream:  # DSMIL's two streams: the log-odds average that of the top patch
-                head = logits.float()[0]
-                out["logits"] = torch.stack([head[0] / 2, (head[1] + inst.max()) / 2])[None, :]
+                head = logits.float()
+                top = (inst if mask is None else inst.masked_fill(~mask, float("-inf"))).amax(-1)
+                out["logits"] = torch.stack([head[..., 0] / 2, (head[..., 1] + top) / 2], dim=-1).view(head.shape)
         if assignment is not None:
             out["assignment"] = assignment
         return out

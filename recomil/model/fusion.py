@@ -26,12 +26,14 @@ class DualFusion(nn.Module):
             self.register_buffer("a", a)
 
     def forward(self, logits_high: torch.Tensor, logits_low: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Fuse ``[1, C]`` logits; returns ``(logits [1, C], w)`` with ``w`` a scalar tensor."""
+        """Fuse ``[B, C]`` logits (B bags); returns ``(logits [B, C], w)`` with ``w`` a scalar tensor
+        (``learned``, ``fixed``) or ``[B]`` (``confidence``: each bag's own)."""
         if self.mode == "confidence":
-            c_h = torch.softmax(logits_high.float(), -1).amax()
-            c_l = torch.softmax(logits_low.float(), -1).amax()
+            c_h = torch.softmax(logits_high.float(), -1).amax(-1, keepdim=True)
+            c_l = torch.softmax(logits_low.float(), -1).amax(-1, keepdim=True)
             w = c_h / (c_h + c_l + 1e-8)
-        else:
-            w = torch.sigmoid(self.a.float())
+            fused = w * logits_high.float() + (1.0 - w) * logits_low.float()
+            return fused, w.squeeze(-1)
+        w = torch.sigmoid(self.a.float())
         fused = w * logits_high.float() + (1.0 - w) * logits_low.float()
         return fused, w

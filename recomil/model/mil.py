@@ -55,27 +55,35 @@ class MILClassifier(nn.Module):
         """Scale names in forward order (``high`` first)."""
         return list(self.branches.keys())
 
-    def forward(self, x_high: torch.Tensor, x_low: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
-        """Classify one bag (shapes in the class docstring)."""
+    def forward(self, x_high: torch.Tensor, x_low: torch.Tensor | None = None, *,
+                mask_high: torch.Tensor | None = None, mask_low: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """Classify one bag (shapes in the class docstring), or B padded bags at once.
+
+        For B bags pass ``[B, N_s, D_s]`` features per scale, each scale padded to its own length, with
+        ``mask_s`` ``[B, N_s]`` bool (True: a real patch; None: every patch real). The outputs then have
+        a leading ``B``: ``logits`` ``[B, C]``, ``attention_s`` ``[B, N_s]`` (0 on padding), and
+        ``fusion_weight`` a scalar (``learned``, ``fixed``) or ``[B]`` (``confidence``)."""
         inputs = {"high": x_high, "low": x_low}
+        masks = {"high": mask_high, "low": mask_low}
         if "low" in self.branches and x_low is None:
             raise ValueError("this model is dual-scale: pass the low-magnification features as x_low")
         if "low" not in self.branches and x_low is not None:
             raise ValueError("this model is single-scale: x_low must be None")
+        batched = x_high.ndim == 3
         out: dict[str, torch.Tensor] = {}
         for name, branch in self.branches.items():
-            x = inputs[name]
-            if x.ndim != 2 or x.shape[0] == 0:
-                raise ValueError(f"x_{name} must be a non-empty [N, D] tensor, got shape {tuple(x.shape)}")
+            x, mask = inputs[name], masks[name]
+            _check_bag(name, x, mask, batched, x_high.shape[0])
             if name in self.input_norm:
                 x = self.input_norm[name](x)
-            res = branch(x)
+            res = branch(x, mask) if batched else branch(x)
             for key, value in res.items():
                 out[f"{key}_{name}"] = value
         if self.fusion is None:
             out["logits"] = out["logits_high"].float()
         else:
-            out["logits"], out["fusion_weight"] = self.fusion(out["logits_high"], out["logits_low"])
+            out["logits"], weight = self.fusion(out["logits_high"], out["logits_low"])
+            out["fusion_weight"] = weight if batched else weight.reshape(())
         return out
 
     def ortho_losses(self) -> dict[str, torch.Tensor]:
@@ -91,3 +99,23 @@ class MILClassifier(nn.Module):
         """Freeze or release the raw prototypes of every scale."""
         for branch in self.branches.values():
             branch.set_prototypes_frozen(frozen)
+
+
+def _check_bag(name: str, x: torch.Tensor, mask: torch.Tensor | None, batched: bool, bags: int) -> None:
+    """Refuse a scale's input that is not one non-empty ``[N, D]`` bag, or ``[B, N, D]`` padded bags
+    (as many as the high scale's) whose ``[B, N]`` bool mask leaves every bag at least one patch."""
+    if not batched:
+        if x.ndim != 2 or x.shape[0] == 0:
+            raise ValueError(f"x_{name} must be a non-empty [N, D] tensor, got shape {tuple(x.shape)}")
+        if mask is not None:
+            raise ValueError(f"mask_{name} is for padded bags [B, N, D]; x_{name} is one bag {tuple(x.shape)}")
+        return
+    if x.ndim != 3 or x.shape[0] != bags or x.shape[1] == 0:
+        raise ValueError(f"x_{name} must be [B, N, D] with B = {bags} (as x_high) and N > 0, got {tuple(x.shape)}")
+    if mask is None:
+        return
+    if mask.dtype != torch.bool or tuple(mask.shape) != tuple(x.shape[:2]):
+        raise ValueError(f"mask_{name} must be a bool [B, N] tensor {tuple(x.shape[:2])}, got {mask.dtype} "
+                         f"{tuple(mask.shape)}")
+    if not bool(mask.any(-1).all()):
+        raise ValueError(f"mask_{name} leaves a bag without any patch")

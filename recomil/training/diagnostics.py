@@ -55,10 +55,10 @@ class StepStats:
         self.steps += 1
 
     def bag(self, logits: torch.Tensor, y: torch.Tensor) -> None:
-        """One training bag: ``logits`` ``[1, C]``, true class ``y`` ``[1]``."""
-        p = torch.softmax(logits.detach().float(), -1)[0]
-        self.ptrue_sum.index_add_(0, y, p[y])
-        self.count.index_add_(0, y, torch.ones_like(p[y]))
+        """B training bags (one or a padded step's): ``logits`` ``[B, C]``, true classes ``y`` ``[B]``."""
+        p = torch.softmax(logits.detach().float(), -1).gather(1, y[:, None])[:, 0]
+        self.ptrue_sum.index_add_(0, y, p)
+        self.count.index_add_(0, y, torch.ones_like(p))
 
     def row(self, classes: list[str]) -> dict[str, Any]:
         """The epoch's figures (host floats)."""

@@ -31,3 +31,23 @@ def instance_loss(logits: torch.Tensor, positive: bool, top_p: float) -> torch.T
     k = min(logits.shape[0], max(1, math.floor(logits.shape[0] * top_p)))
     top = logits.topk(k).values
     return F.binary_cross_entropy_with_logits(top, torch.ones_like(top))
+
+
+def instance_losses(logits: torch.Tensor, positive: torch.Tensor, top_p: float,
+                    mask: torch.Tensor | None = None) -> torch.Tensor:
+    """The loss of each of B padded bags at once: ``logits`` ``[B, N]``, ``positive`` ``[B]`` bool,
+    ``mask`` ``[B, N]`` bool (True: a real patch; None: all real); returns ``[B]`` float32, bag b's
+    value :func:`instance_loss` of its real patches (``k`` from its own N)."""
+    logits = logits.float()
+    if mask is None:
+        mask = torch.ones_like(logits, dtype=torch.bool)
+    n = mask.sum(-1)
+    neg = F.binary_cross_entropy_with_logits(logits, torch.zeros_like(logits), reduction="none")
+    neg = (neg * mask).sum(-1) / n
+    k = (n.double() * top_p).floor().long().clamp(min=1).minimum(n)  # [B] each bag's own k
+    top = logits.masked_fill(~mask, float("-inf")).sort(dim=-1, descending=True).values
+    top = top[:, :int(k.max())]
+    chosen = torch.arange(top.shape[1], device=top.device)[None, :] < k[:, None]
+    pos = F.binary_cross_entropy_with_logits(top.masked_fill(~chosen, 0.0), torch.ones_like(top), reduction="none")
+    pos = (pos * chosen).sum(-1) / k
+    return torch.where(positive, pos, neg)

@@ -51,8 +51,9 @@ from recomil.training.bags import BagSet
 from recomil.training.batching import drop_instances, epoch_order, step_groups
 from recomil.training.device import auto_precision_reason, autocast_dtype, pick_device, precision_name
 from recomil.training.diagnostics import CollapseWatch, StepStats, validation_row
-from recomil.training.instance_loss import instance_loss
+from recomil.training.instance_loss import instance_loss, instance_losses
 from recomil.training.optim import build_optimizer, clip_gradients
+from recomil.training.padding import bucket_steps, pad_bags
 from recomil.training.schedule import lr_factor, temperature
 from recomil.training.selection import (  # noqa: F401 (re-exported: tests and benchmarks import them here)
     VAL_POLICIES,
@@ -78,6 +79,24 @@ def class_weights(labels: np.ndarray, num_classes: int) -> torch.Tensor:
     freq = np.bincount(labels, minlength=num_classes) / max(1, len(labels))
     w = np.where(freq > 0, 1.0 / (num_classes * np.maximum(freq, 1e-12)), 0.0)
     return torch.tensor(w, dtype=torch.float32)
+
+
+def bag_cross_entropy(logits: torch.Tensor, y: torch.Tensor, weight: torch.Tensor | None,
+                      label_smoothing: float) -> torch.Tensor:
+    """Each bag's cross-entropy ``[B]`` from ``logits`` ``[B, C]`` and classes ``y`` ``[B]``: the
+    value ``F.cross_entropy`` gives that bag alone (with ``weight``, its mean over one bag divides by
+    the bag's class weight, so the weights cancel per bag, as in a one-bag step)."""
+    if logits.shape[0] == 1:
+        return F.cross_entropy(logits.float(), y, weight=weight, label_smoothing=label_smoothing).reshape(1)
+    ce = F.cross_entropy(logits.float(), y, weight=weight, label_smoothing=label_smoothing, reduction="none")
+    return ce / weight[y] if weight is not None else ce
+
+
+def _instance_losses(logits: torch.Tensor, y: torch.Tensor, top_p: float, mask: torch.Tensor | None) -> torch.Tensor:
+    """``[B]`` instance-level losses of one bag's ``[N]`` or B padded bags' ``[B, N]`` patch logits."""
+    if logits.ndim == 1:
+        return instance_loss(logits, bool(y == 1), top_p).reshape(1)
+    return instance_losses(logits, y == 1, top_p, mask)
 
 
 def member_seed(seed: int, fold: int, member: int) -> int:
@@ -139,7 +158,8 @@ def train_fold(p: Params, store: FeatureStore, split: dict[str, list[str]],
     if device.type == "cuda" and world > 1:
         device = torch.device("cuda", torch.cuda.current_device())
     train, val = BagSet(store, split["train"], mp.scales), BagSet(store, split["val"], mp.scales)
-    median_patches = float(np.median(store.sizes(mp.scales[0])[train.positions])) if len(train) else None
+    train_lengths = np.asarray(store.sizes(mp.scales[0]))[train.positions] if len(train) else np.zeros(0, np.int64)
+    median_patches = float(np.median(train_lengths)) if len(train) else None
     amp = autocast_dtype(p.amp, device, median_patches)
     torch.manual_seed(member_seed(p.seed, fold, member))
     recomil = mp.model == "recomil"
@@ -236,11 +256,15 @@ def train_fold(p: Params, store: FeatureStore, split: dict[str, list[str]],
             torch.manual_seed(int(np.random.default_rng([p.seed, fold, epoch, rank, *member_key]).integers(2**62)))
         rng = np.random.default_rng([p.seed, fold, epoch, *member_key])
         order = ddp.shard(epoch_order(p.sampler, train.labels, rng), rank, world)
-        plan = step_groups(order, p.bags_per_step)
+        padded = p.bag_batching == "padded" and p.bags_per_step > 1
+        plan = (bucket_steps(order, train_lengths, p.bags_per_step, p.length_buckets, rng) if padded
+                else step_groups(order, p.bags_per_step))
+        order = np.concatenate(plan) if plan else order  # the visiting order of the steps
         # running sums stay on the device: no host synchronisation per step (read once per epoch)
         sums = {k: torch.zeros((), device=device)
                 for k in ("ce", "loss", *(f"ortho_{s}" for s in mp.scales), *(["inst"] if inst_scales else []))}
         fusion = []
+        real_slots = [0, 0]
         started = time.perf_counter()
         bar = tqdm(order, desc=f"{tag} epoch {epoch}/{p.epochs}", unit="bag",
                    disable=None if progress and main else True,
@@ -250,28 +274,38 @@ def train_fold(p: Params, store: FeatureStore, split: dict[str, list[str]],
         bags = zip(bar, train.prefetch(order, device))
         for step_bags in plan:
             opt.zero_grad(set_to_none=True)
-            for _ in step_bags:  # the step's gradient: the sum of its bags' gradients of loss / len(step_bags)
-                j, bag = next(bags)
-                y = labels[int(j)][None]
-                bag = drop_instances(bag, p.instance_dropout)
+            # one forward pass over the step's padded bags, or one per bag with the gradients summed
+            passes = [len(step_bags)] if padded else [1] * len(step_bags)
+            for size in passes:
+                taken = [next(bags) for _ in range(size)]
+                y = labels[torch.as_tensor([int(j) for j, _ in taken], device=device)]
+                batch = [drop_instances(bag, p.instance_dropout) for _, bag in taken]
+                masks: dict[str, torch.Tensor | None] = {}
+                if padded:
+                    x, masks, real, slots = pad_bags(batch)
+                    real_slots[0] += real
+                    real_slots[1] += slots
+                else:
+                    x = batch[0]
                 with torch.autocast(device_type=device.type, dtype=amp or torch.float32, enabled=amp is not None):
-                    out = model(bag["high"], bag.get("low"))
-                ce = F.cross_entropy(out["logits"].float(), y, weight=weight, label_smoothing=p.label_smoothing)
+                    out = model(x["high"], x.get("low"), mask_high=masks.get("high"), mask_low=masks.get("low"))
+                ce = bag_cross_entropy(out["logits"], y, weight, p.label_smoothing)  # [size]
                 orth = model.ortho_losses()
                 loss = ce + sum(getattr(p, f"lambda_ortho_{s}") * orth[s] for s in mp.scales)
                 if inst_scales:  # the mean over scales of each branch's instance-level loss
-                    inst = sum(instance_loss(out[f"instance_logits_{s}"], bool(y == 1), p.inst_top_p)
+                    inst = sum(_instance_losses(out[f"instance_logits_{s}"], y, p.inst_top_p, masks.get(s))
                                for s in inst_scales) / len(inst_scales)
                     loss = loss + p.lambda_inst * inst
-                    sums["inst"] += inst.detach()
-                scaler.scale(loss / len(step_bags) if len(step_bags) > 1 else loss).backward()
+                    sums["inst"] += inst.detach().sum()
+                total = loss.sum()
+                scaler.scale(total / len(step_bags) if len(step_bags) > 1 else total).backward()
                 stats.bag(out["logits"], y)
-                sums["ce"] += ce.detach()
-                sums["loss"] += loss.detach()
+                sums["ce"] += ce.detach().sum()
+                sums["loss"] += loss.detach().sum()
                 for s in mp.scales:
-                    sums[f"ortho_{s}"] += orth[s].detach()
+                    sums[f"ortho_{s}"] += orth[s].detach() * size
                 if "fusion_weight" in out:
-                    fusion.append(out["fusion_weight"].detach().float())
+                    fusion.append(out["fusion_weight"].detach().float().expand(size))
             ddp.average_gradients(model)
             scaler.unscale_(opt)
             stats.step(clip_gradients(model, p.grad_clip, opt), p.grad_clip)
@@ -285,7 +319,8 @@ def train_fold(p: Params, store: FeatureStore, split: dict[str, list[str]],
         steps = max(1.0, totals.pop("_steps"))
         row: dict[str, Any] = {"epoch": epoch, "lr": lr, **{k: v / steps for k, v in totals.items()},
                                **{f"tau_{s}": t for s, t in taus.items()},
-                               "fusion_weight": float(torch.stack(fusion).mean()) if fusion else None,
+                               "fusion_weight": float(torch.cat(fusion).mean()) if fusion else None,
+                               "pad_share": 1 - real_slots[0] / real_slots[1] if real_slots[1] else None,
                                **stats.row(store.classes), "threads": threads,
                                "train_seconds": round(time.perf_counter() - started, 3)}
         val_auc = val_acc = val_loss = None
