@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# GPU check: on one CUDA GPU, in under 8 minutes, install the project, run the demo `dvc repro` on
-# CUDA (and a short fp16 training with the gradient scaler), the model-step benchmark on CUDA
-# (1k-100k patches, fp32/bf16/fp16) and benchmarks/vs_original.py on the CTransPath-width cohort,
-# and write every figure to one Markdown file.
+# GPU check: on one CUDA GPU install the project, run the demo `dvc repro` on CUDA (and a short fp16
+# training with the gradient scaler), the model-step benchmark on CUDA (1k-100k patches,
+# fp32/bf16/fp16), the batched step (one bag per step against 4-16 padded bags per step, issue #33),
+# benchmarks/vs_original.py on the CTransPath-width cohort (the original, recomil's one-bag step and
+# 16 padded bags per step), and the Camelyon16-size 5-fold study (benchmarks/gpu_study.py), and
+# write every figure to one Markdown file.
 #
 #   bash benchmarks/gpu_check.sh                                  # from the project root
 #   ORIGINAL=/path/to/ReCo-MIL bash benchmarks/gpu_check.sh       # also the original code, side by side
@@ -11,7 +13,10 @@
 # ORIGINAL: a checkout of zsszc/ReCo-MIL kept outside the project (its units are skipped without it).
 # WHEELS:   a folder of wheels (dvc and its needs) installed with --no-index, for a machine without
 #           internet access; otherwise `pip install -e .` fetches what is missing.
-# STEPS:    which of "demo model-step vs-original" to run (default: all three).
+# STEPS:    which of "demo model-step batched-step vs-original study" to run (default: all). The study
+#           needs more than one call's 10 minutes the first time (its cohort, ~10 GB, is generated
+#           first): it is resumable, so run it again with the same WORK:
+#             WORK=/tmp/gc STEPS=study bash benchmarks/gpu_check.sh   # again until its table appears
 # OUT_FILE: the report (default benchmarks/gpu_check.md). Each step has its own time limit, and a
 #           step that fails is reported as failed; the script goes on with the next one.
 set -uo pipefail
@@ -28,7 +33,7 @@ chmod +x "$WORK/bin/python"
 export PATH=$WORK/bin:$PATH
 export WANDB_SILENT=true DVC_NO_ANALYTICS=1 PYTHONUNBUFFERED=1
 started=$(date +%s)
-STEPS=${STEPS:-demo model-step vs-original}
+STEPS=${STEPS:-demo model-step batched-step vs-original study}
 wants() { [[ " $STEPS " == *" $1 "* ]]; }
 
 say() { echo "$*" | tee -a "$OUT_FILE"; }
@@ -121,19 +126,40 @@ if [ -f "$WORK/model_step_cuda.md" ]; then
   say ""
 fi
 
-# 4. side by side with the original on the CTransPath-width cohort -------------------------------
+# 4. the batched step: seconds per bag, one bag per step against B padded bags per step ---------
+wants batched-step && step batched-step 150 "cd $ROOT && python3 benchmarks/batched_step.py --device cuda --bags 64 --min 3000 --max 15000 --per-step 4 8 16 --amp bf16 --repeats 2 > $WORK/batched_step_cuda.txt"
+if [ -s "$WORK/batched_step_cuda.txt" ]; then
+  say "## Batched step on CUDA (\`benchmarks/batched_step.py --device cuda --bags 64 --min 3000 --max 15000 --amp bf16\`)"
+  say ""
+  sed -n '/^| configuration/,$p' "$WORK/batched_step_cuda.txt" | tee -a "$OUT_FILE"
+  say ""
+fi
+
+# 5. side by side with the original on the CTransPath-width cohort -------------------------------
 left=$(( 450 - ($(date +%s) - started) ))
 if ! wants vs-original; then
   :
 elif [ "$left" -gt 60 ]; then
   args="--cohorts c768 --seeds 1 --threads 4 --work $WORK/vs --results $WORK/vs-results"
-  if [ -n "${ORIGINAL:-}" ]; then args="$args --original $ORIGINAL --programs original recomil"; else args="$args --programs recomil"; fi
+  if [ -n "${ORIGINAL:-}" ]; then args="$args --original $ORIGINAL --programs original recomil recomil-b16"; else args="$args --programs recomil recomil-b16"; fi
   step vs-original "$left" "cd $ROOT && python3 benchmarks/vs_original.py $args"
   if [ -f "$WORK/vs-results/vs_original.md" ]; then
     sed 's/^# /## /' "$WORK/vs-results/vs_original.md" >>"$OUT_FILE"
   fi
 else
   echo "- vs-original: skipped, too little of the 8 minutes left" >>"$OUT_FILE.steps"
+fi
+
+# 6. the Camelyon16-size 5-fold study (resumable under $WORK/study) -----------------------------
+if wants study; then
+  step study 560 "cd $ROOT && python3 benchmarks/gpu_study.py --work $WORK/study --out $WORK/study.md"
+  if [ -s "$WORK/study.md" ]; then
+    say "## Camelyon16-size 5-fold study (\`benchmarks/gpu_study.py\`)"
+    say ""
+    cat "$WORK/study.md" | tee -a "$OUT_FILE"
+  else
+    say "The study did not finish within this call; run again with WORK=$WORK STEPS=study to continue it."
+  fi
 fi
 
 say ""

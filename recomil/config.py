@@ -28,7 +28,8 @@ ENSEMBLE_VALS = ("resplit", "shared")
 OPTIMIZERS = ("adam", "adamw")
 SAMPLERS = ("shuffle", "balanced")
 INST_ON = ("tokens", "input")
-BAG_BATCHING = ("padded", "accumulate")
+BAG_BATCHING = ("auto", "padded", "accumulate")
+DEVICE_FEATURES = ("auto", "on", "off")
 ENSEMBLE_PROTOS = ("shared", "resample")
 AMP_MODES = ("auto", "bf16", "fp16", "off")
 WANDB_MODES = ("offline", "online", "disabled")
@@ -173,8 +174,9 @@ class Params:
     grad_clip: float = 1.0
     optimizer: str = "adam"
     bags_per_step: int = 1
-    bag_batching: str = "padded"
+    bag_batching: str = "auto"
     length_buckets: int = 8
+    device_features: str = "auto"
     sampler: str = "shuffle"
     instance_dropout: float = 0.0
     lambda_inst: float = 1.0
@@ -237,6 +239,7 @@ _CHOICES = {
     "sampler": SAMPLERS,
     "inst_on": INST_ON,
     "bag_batching": BAG_BATCHING,
+    "device_features": DEVICE_FEATURES,
     "wandb_mode": WANDB_MODES,
     "model": MODELS,
     "store_dtype": STORE_DTYPES,

@@ -32,12 +32,12 @@ from recomil.model.similarity import best_similarity, nearest_prototype, similar
 
 
 def drop_surplus_ties(s: torch.Tensor, kth: torch.Tensor, k: int) -> torch.Tensor:
-    """Keep exactly ``k`` entries per row of ``s`` ``[..., N, K]`` when several equal the k-th largest
-    value ``kth`` ``[..., N, 1]`` (identical prototypes give exact ties): the lowest-index tied ones
-    stay, the rest become -inf, as the original's ``torch.topk`` mask keeps exactly k."""
+    """Keep exactly ``k`` entries per row of ``s`` ``[N, K]`` when several equal the k-th largest
+    value ``kth`` ``[N, 1]`` (identical prototypes give exact ties): the lowest-index tied ones stay,
+    the rest become -inf, as the original's ``torch.topk`` mask keeps exactly k."""
     tied = s == kth
-    allowed = k - (s > kth).sum(dim=-1, keepdim=True)
-    surplus = tied & (tied.cumsum(dim=-1) > allowed)
+    allowed = k - (s > kth).sum(dim=1, keepdim=True)
+    surplus = tied & (tied.cumsum(dim=1) > allowed)
     return s.masked_fill(surplus, float("-inf"))
 
 
@@ -59,24 +59,24 @@ class EnhancerStage(nn.Module):
 
     def forward(self, p: torch.Tensor, c: torch.Tensor, w: torch.Tensor | None, *, method: str, topk: int,
                 temp: torch.Tensor, hard: bool) -> torch.Tensor:
-        """Recalibrate ``p`` ``[N, E]`` (or ``[B, N, E]``: row-wise, padding rows do not reach real
-        ones) by prototypes ``c`` ``[K, E]``; ``w`` ``[K]`` optional weights."""
+        """Recalibrate the rows ``p`` ``[N, E]`` (B bags' padded rows flattened: row-wise, so padding
+        never reaches a real patch) by prototypes ``c`` ``[K, E]``; ``w`` ``[K]`` optional weights."""
         if not self.recalibrate:
             p = self.norm(p)
             return p + self.mlp(p)
         with torch.autocast(device_type=p.device.type, enabled=False):
             s = similarity(p.float(), c.float(), method)
-            if 0 < topk < s.shape[-1]:
-                kth = s.topk(topk, dim=-1).values[..., -1:]
+            if 0 < topk < s.shape[1]:
+                kth = s.topk(topk, dim=1).values[:, -1:]
                 s = s.masked_fill(s < kth, float("-inf"))
                 s = drop_surplus_ties(s, kth, topk)
-            a = torch.softmax(s / temp, dim=-1)
+            a = torch.softmax(s / temp, dim=1)
             if hard:
-                one_hot = F.one_hot(a.argmax(dim=-1), a.shape[-1]).to(a.dtype)
+                one_hot = F.one_hot(a.argmax(dim=1), a.shape[1]).to(a.dtype)
                 a = one_hot + a - a.detach()
             if w is not None:
-                a = a * w
-                a = a / (a.sum(dim=-1, keepdim=True) + 1e-6)
+                a = a * w[None, :]
+                a = a / (a.sum(dim=1, keepdim=True) + 1e-6)
         ctx = a.to(c.dtype) @ c
         p = self.norm(p + ctx.to(p.dtype))
         return p + self.mlp(p)
@@ -212,6 +212,7 @@ class ReCoBranch(nn.Module):
         w = self.rare_weights if self._rare_on else None
         temp = (self.tau * self.sim_scale).clamp_min(1e-6)
         use_ckpt = self.training and torch.is_grad_enabled() and rows.numel() >= self.checkpoint_min_patches
+        p = p.reshape(-1, p.shape[-1])  # the enhancers are row-wise: B bags' rows as one [B * N, E]
         for stage, reducer in zip(self.stages, self.reducers):
             kwargs = dict(method=sp.similarity_method, topk=sp.route_topk, temp=temp, hard=sp.hard)
             if use_ckpt:
@@ -221,6 +222,7 @@ class ReCoBranch(nn.Module):
             if w is not None:
                 w = reducer.reduce_weights(w)
             c = reducer(c)
+        p = p.view(*rows, p.shape[-1])
         n = rows[-1]
         c = c.to(p.dtype)
         z = torch.cat([p, c if single else c.expand(p.shape[0], *c.shape)], dim=-2)

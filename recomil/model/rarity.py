@@ -31,7 +31,8 @@ def rarity_gate(best_sim: torch.Tensor, top_p: float, alpha: float,
         return gate
     if best_sim.ndim == 1 and mask is None:
         n = best_sim.shape[0]
-        m = min(max(1, math.floor(n * top_p)), n)
+        m = max(1, math.floor(n * top_p))
+        m = min(m, n)
         threshold = torch.kthvalue(best_sim.detach().float(), m).values
         gate[best_sim <= threshold] = 1.0 + alpha
         return gate

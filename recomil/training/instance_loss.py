@@ -45,8 +45,7 @@ def instance_losses(logits: torch.Tensor, positive: torch.Tensor, top_p: float,
     neg = F.binary_cross_entropy_with_logits(logits, torch.zeros_like(logits), reduction="none")
     neg = (neg * mask).sum(-1) / n
     k = (n.double() * top_p).floor().long().clamp(min=1).minimum(n)  # [B] each bag's own k
-    top = logits.masked_fill(~mask, float("-inf")).sort(dim=-1, descending=True).values
-    top = top[:, :int(k.max())]
+    top = logits.masked_fill(~mask, float("-inf")).sort(dim=-1, descending=True).values  # no host sync
     chosen = torch.arange(top.shape[1], device=top.device)[None, :] < k[:, None]
     pos = F.binary_cross_entropy_with_logits(top.masked_fill(~chosen, 0.0), torch.ones_like(top), reduction="none")
     pos = (pos * chosen).sum(-1) / k

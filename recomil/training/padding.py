@@ -27,6 +27,8 @@ def pad_bags(bags: list[dict[str, torch.Tensor]]) -> tuple[dict[str, torch.Tenso
     x, masks, real, slots = {}, {}, 0, 0
     for scale in bags[0]:
         rows = [bag[scale] for bag in bags]
+        if any(r.shape[0] == 0 for r in rows):
+            raise ValueError(f"a bag without {scale} patches cannot be padded into a step")
         x[scale] = pad_sequence(rows, batch_first=True)
         lengths = torch.tensor([r.shape[0] for r in rows], device=x[scale].device)
         masks[scale] = torch.arange(x[scale].shape[1], device=lengths.device)[None, :] < lengths[:, None]

@@ -161,6 +161,7 @@ def train_fold(p: Params, store: FeatureStore, split: dict[str, list[str]],
     train_lengths = np.asarray(store.sizes(mp.scales[0]))[train.positions] if len(train) else np.zeros(0, np.int64)
     median_patches = float(np.median(train_lengths)) if len(train) else None
     amp = autocast_dtype(p.amp, device, median_patches)
+    _keep_bags_on_device(p.device_features, device, train, val, tag, main)
     torch.manual_seed(member_seed(p.seed, fold, member))
     recomil = mp.model == "recomil"
     model = build_model(mp, {s: torch.from_numpy(v["centres"]) for s, v in prototypes.items()} if recomil else None,
@@ -256,7 +257,8 @@ def train_fold(p: Params, store: FeatureStore, split: dict[str, list[str]],
             torch.manual_seed(int(np.random.default_rng([p.seed, fold, epoch, rank, *member_key]).integers(2**62)))
         rng = np.random.default_rng([p.seed, fold, epoch, *member_key])
         order = ddp.shard(epoch_order(p.sampler, train.labels, rng), rank, world)
-        padded = p.bag_batching == "padded" and p.bags_per_step > 1
+        padded = p.bags_per_step > 1 and (p.bag_batching == "padded" or
+                                           (p.bag_batching == "auto" and device.type == "cuda"))
         plan = (bucket_steps(order, train_lengths, p.bags_per_step, p.length_buckets, rng) if padded
                 else step_groups(order, p.bags_per_step))
         order = np.concatenate(plan) if plan else order  # the visiting order of the steps
@@ -289,7 +291,7 @@ def train_fold(p: Params, store: FeatureStore, split: dict[str, list[str]],
                     x = batch[0]
                 with torch.autocast(device_type=device.type, dtype=amp or torch.float32, enabled=amp is not None):
                     out = model(x["high"], x.get("low"), mask_high=masks.get("high"), mask_low=masks.get("low"))
-                ce = bag_cross_entropy(out["logits"], y, weight, p.label_smoothing)  # [size]
+                ce = bag_cross_entropy(out["logits"], y, weight, label_smoothing=p.label_smoothing)  # [size]
                 orth = model.ortho_losses()
                 loss = ce + sum(getattr(p, f"lambda_ortho_{s}") * orth[s] for s in mp.scales)
                 if inst_scales:  # the mean over scales of each branch's instance-level loss
@@ -380,6 +382,35 @@ def train_fold(p: Params, store: FeatureStore, split: dict[str, list[str]],
               f"best epoch {state['best_epoch']} (score {state['best_score']:.4f}), "
               f"{_duration(time.perf_counter() - fold_started)} this run", file=sys.stderr, flush=True)
     return summary
+
+
+def free_device_bytes(device: torch.device) -> float:
+    """Free memory of ``device``: the CUDA allocator's free bytes, or the host's available memory."""
+    if device.type == "cuda":
+        return float(torch.cuda.mem_get_info(device)[0])
+    try:
+        return float(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+    except (ValueError, OSError):
+        return 0.0
+
+
+def _keep_bags_on_device(mode: str, device: torch.device, train: BagSet, val: BagSet, tag: str, main: bool) -> None:
+    """``device_features``: hold the fold's training and validation bags on ``device`` when they fit in
+    half its free memory (``auto``: on CUDA only; ``on``: any device), or say why they are streamed."""
+    if mode == "off" or (mode == "auto" and device.type != "cuda"):
+        return
+    need = train.nbytes() + val.nbytes()
+    budget = free_device_bytes(device) / 2
+    kept = need <= budget and train.keep_on(device, budget) and val.keep_on(device, budget - train.nbytes())
+    if main:
+        if kept:
+            print(f"train: {tag}: {need / 2**30:.2f} GiB of training and validation features held on "
+                  f"{device.type} for the fold (device_features: {mode})", file=sys.stderr)
+        else:
+            print(f"train: {tag}: the fold's features ({need / 2**30:.2f} GiB) do not fit in half of the "
+                  f"{device.type}'s free memory ({budget * 2 / 2**30:.2f} GiB): streamed from the store each "
+                  f"step instead (store_dtype: float16 halves them; device_features: off silences this)",
+                  file=sys.stderr)
 
 
 def _duration(seconds: float) -> str:

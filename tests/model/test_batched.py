@@ -180,3 +180,29 @@ def test_a_padded_training_step_equals_accumulated_one_bag_steps(project, tiny_p
     assert weights["padded"].keys() == weights["accumulate"].keys()
     for k, v in weights["accumulate"].items():
         torch.testing.assert_close(weights["padded"][k], v, atol=2e-4, rtol=1e-3, msg=k)
+
+
+def test_features_held_on_the_device_train_exactly_as_streamed_ones(project, tiny_params, capfd):
+    """device_features: on (here on the CPU) serves the same float32 bags as the store: the trained
+    weights are bitwise those of a streamed run; a budget too small streams and says so."""
+    from recomil.data.store import FeatureStore
+    from recomil.pipeline import paths, train_stage
+    from recomil.training.bags import BagSet
+    from tests.conftest import prepare_demo
+
+    p = dataclasses.replace(tiny_params, epochs=2, warmup_epochs=1, freeze_protos_epochs=1)
+    prepare_demo(p)
+    weights = {}
+    for mode in ("off", "on"):
+        train_stage.run_train(dataclasses.replace(p, device_features=mode), progress=False)
+        weights[mode] = torch.load(paths.MODELS / "fold_0" / "best.pt", weights_only=True)["state_dict"]
+    assert "held on cpu for the fold (device_features: on)" in capfd.readouterr().err
+    assert all(torch.equal(weights["on"][k], v) for k, v in weights["off"].items())
+    store = FeatureStore(paths.STORE)
+    ids = list(store.manifest["slide_id"][:3])
+    bags = BagSet(store, ids)
+    assert not bags.keep_on("cpu", bags.nbytes() - 1) and not bags.resident
+    streamed = [bags.bag(j) for j in range(3)]
+    assert bags.keep_on("cpu", bags.nbytes()) and bags.resident
+    for one, kept in zip(streamed, bags.prefetch([0, 1, 2])):
+        assert all(kept[s].dtype == torch.float32 and torch.equal(kept[s], one[s]) for s in one)
