@@ -98,7 +98,7 @@ def main() -> None:
     timed(record, "ingest_s", record_path, lambda: data_stages.run_ingest(p, progress=False))
     timed(record, "split_s", record_path, lambda: data_stages.run_split(p))
     timed(record, "kmeans_s", record_path,
-          lambda: [prototypes_stage.run_prototypes(p, s) for s in p.scales])
+          lambda: [prototypes_stage.run_prototypes(p, s) for s in ("high", "low")])
     timed(record, "train_s", record_path, lambda: train_stage.run_train(p, progress=False))
     timed(record, "evaluate_s", record_path, lambda: evaluate_stage.run_evaluate(p))
     if cuda and "peak_gpu_gib" not in record:
