@@ -66,7 +66,7 @@ def unit_child(unit: Path) -> None:
     import recomil.training.trainer as trainer
     from recomil.config import make_params
     from recomil.data.store import FeatureStore
-    from recomil.inference import predict_bags
+    from recomil.inference import predict_bags, predict_probs
     from recomil.pipeline import data_stages, paths, prototypes_stage, train_stage
     from recomil.training.bags import BagSet
 
@@ -83,13 +83,13 @@ def unit_child(unit: Path) -> None:
     test = BagSet(store, split["test"], store.scales)
     epochs: list[list[float]] = []
 
-    def validate_and_test(model, bags, amp=None):  # the trainer's validation call, plus the test slides
-        out = predict_bags(model, bags, amp)
+    def validate_and_test(model, bags, amp=None, batch=1):  # the trainer's validation call, plus the test slides
+        out = predict_probs(model, bags, amp, batch=batch)
         probs, _ = predict_bags(model, (test.bag(j) for j in range(len(test))))
         epochs.append(probs[:, 1].round(6).tolist())
         return out
 
-    trainer.predict_bags = validate_and_test
+    trainer.predict_probs = validate_and_test
     train_stage.run_train(p, progress=False)
     log = pd.read_csv("results/train_log/fold_0.csv")
     rec = {"test_labels": test.labels.tolist(), "test_prob": epochs,

@@ -44,6 +44,38 @@ def predict_bags(model: MILClassifier, bags: Iterable[dict[str, torch.Tensor]],
     return (np.stack(probs).astype(np.float64) if probs else np.zeros((0, c))), extras
 
 
+@torch.no_grad()
+def predict_probs(model: MILClassifier, bags: list[dict[str, torch.Tensor]], amp_dtype: torch.dtype | None = None,
+                  batch: int = 1) -> np.ndarray:
+    """Class probabilities ``[S, C]`` float64 of ``bags`` (eval mode), nothing else: the validation
+    of every epoch. ``batch`` > 1 pads that many bags of similar length into one forward pass
+    (:func:`recomil.training.padding.pad_bags`; equal to one-bag passes within float rounding); the
+    probabilities stay on the device until the end (one host transfer, not one per bag)."""
+    from recomil.training.padding import pad_bags
+
+    model.eval()
+    c = model_num_classes(model)
+    if not bags:
+        return np.zeros((0, c))
+    device = next(model.parameters()).device
+    order = sorted(range(len(bags)), key=lambda j: bags[j]["high"].shape[0]) if batch > 1 else list(range(len(bags)))
+    out_rows: list[torch.Tensor] = []
+    for start in range(0, len(order), max(1, batch)):
+        group = [bags[j] for j in order[start:start + max(1, batch)]]
+        masks: dict[str, torch.Tensor] = {}
+        if len(group) > 1:
+            x, masks, _, _ = pad_bags(group)
+        else:
+            x = group[0]
+        with torch.autocast(device_type=device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+            out = model(x["high"], x.get("low"), mask_high=masks.get("high"), mask_low=masks.get("low"))
+        out_rows.append(torch.softmax(out["logits"].float(), -1))
+    probs = torch.cat(out_rows).cpu().numpy().astype(np.float64)
+    result = np.zeros_like(probs)
+    result[order] = probs
+    return result
+
+
 def member_files(fold_dir: str | Path) -> list[Path]:
     """The ensemble members of one fold: ``best.pt``, then ``best_m1.pt``, ``best_m2.pt``, ..."""
     fold_dir = Path(fold_dir)

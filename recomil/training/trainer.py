@@ -41,7 +41,7 @@ from tqdm import tqdm
 from recomil.config import Params
 from recomil.data.errors import DataError
 from recomil.data.store import FeatureStore
-from recomil.inference import predict_bags
+from recomil.inference import predict_probs
 from recomil.metrics import auc_score
 from recomil.model import build_model
 from recomil.model.mil import MILClassifier
@@ -233,6 +233,9 @@ def train_fold(p: Params, store: FeatureStore, split: dict[str, list[str]],
     if main and select_from > 1:
         print(f"train: {tag}: the model is selected from epoch {select_from} on, after warm-up and prototype "
               f"freezing (select_after_warmup: false selects from epoch 1)", file=sys.stderr)
+    # several bags per step as one padded forward pass (GPUs), or one bag at a time (bag_batching)
+    padded = p.bags_per_step > 1 and (p.bag_batching == "padded"
+                                       or (p.bag_batching == "auto" and device.type == "cuda"))
     watch = CollapseWatch(tag, max(p.warmup_epochs, p.freeze_protos_epochs) + 1, store.classes)
     watch.load(state.get("collapse"))  # a resumed run continues its earlier epochs' watch
     fold_started = time.perf_counter()
@@ -257,8 +260,6 @@ def train_fold(p: Params, store: FeatureStore, split: dict[str, list[str]],
             torch.manual_seed(int(np.random.default_rng([p.seed, fold, epoch, rank, *member_key]).integers(2**62)))
         rng = np.random.default_rng([p.seed, fold, epoch, *member_key])
         order = ddp.shard(epoch_order(p.sampler, train.labels, rng), rank, world)
-        padded = p.bags_per_step > 1 and (p.bag_batching == "padded" or
-                                           (p.bag_batching == "auto" and device.type == "cuda"))
         plan = (bucket_steps(order, train_lengths, p.bags_per_step, p.length_buckets, rng) if padded
                 else step_groups(order, p.bags_per_step))
         order = np.concatenate(plan) if plan else order  # the visiting order of the steps
@@ -329,7 +330,8 @@ def train_fold(p: Params, store: FeatureStore, split: dict[str, list[str]],
         judged = sync_buffers(average, model) if average is not None else model
         if len(val):
             mine = list(range(len(val)))[rank::world]
-            local, _ = predict_bags(judged, (val.bag(j, device) for j in mine), amp)
+            local = predict_probs(judged, [val.bag(j, device) for j in mine], amp,
+                                  batch=p.bags_per_step if padded else 1)
             probs = np.zeros((len(val), mp.num_classes))
             for idx, pr in ddp.gather_objects((mine, local)):
                 probs[idx] = pr

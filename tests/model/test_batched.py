@@ -206,3 +206,14 @@ def test_features_held_on_the_device_train_exactly_as_streamed_ones(project, tin
     assert bags.keep_on("cpu", bags.nbytes()) and bags.resident
     for one, kept in zip(streamed, bags.prefetch([0, 1, 2])):
         assert all(kept[s].dtype == torch.float32 and torch.equal(kept[s], one[s]) for s in one)
+
+
+def test_validation_in_padded_batches_gives_the_one_bag_probabilities():
+    from recomil.inference import predict_bags, predict_probs
+
+    model, bags, _ = _model_and_bags({"fusion": "confidence", "lambda_inst": 1.0, "instance_stream": True})
+    bags = bags + [{s: t[: max(1, t.shape[0] // 3)] for s, t in b.items()} for b in bags]
+    one, _ = predict_bags(model, bags)
+    assert np.array_equal(predict_probs(model, bags), one)  # one at a time: the same computation
+    for batch in (2, 4, 6):
+        np.testing.assert_allclose(predict_probs(model, bags, batch=batch), one, atol=1e-6)
