@@ -131,6 +131,8 @@ VARIANTS: dict[str, dict[str, Any]] = {
     # a linear instance head on the standardised features, its top patch in the slide's log-odds
     "recomil-linear-stream": {"inst_on": "input", "instance_stream": True},
     "recomil-linear-lr": {"inst_on": "input", "instance_stream": True, "inst_lr": 1e-3},
+    # the slide's log-odds the linear head's top patch alone (mi-SVM with max pooling, the attention head unused)
+    "recomil-linear-max": {"inst_on": "input", "instance_stream": True, "inst_lr": 1e-3, "stream_weight": 1.0},
     "recomil-b16": {"bags_per_step": 16},         # 16 bags per step (padded on a GPU: issue #33)
     "recomil-bf16": {"amp": "bf16"},              # bf16 autocast whatever the bag size (amp: auto's choice on a
                                                   # bf16 CPU before it kept float32 for bags under 256 patches)

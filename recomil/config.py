@@ -182,6 +182,7 @@ class Params:
     lambda_inst: float = 1.0
     inst_top_p: float = 0.01
     instance_stream: bool = False
+    stream_weight: float = 0.5
     inst_on: str = "tokens"
     inst_lr: float = 0.0
     patience: int = 10
@@ -302,6 +303,9 @@ def _validate(p: Params) -> None:
     if p.instance_stream and p.lambda_inst <= 0:
         raise ConfigError("param 'instance_stream' needs the instance head that 'lambda_inst' > 0 trains "
                           f"(lambda_inst is {p.lambda_inst})")
+    if not 0.0 < p.stream_weight <= 1.0:
+        raise ConfigError(f"param 'stream_weight' must lie in (0, 1] (the top patch's share of the slide's log-odds "
+                          f"with instance_stream), got {p.stream_weight}")
     if not (math.isfinite(p.inst_lr) and p.inst_lr >= 0):
         raise ConfigError(f"param 'inst_lr' must be 0 (the instance head trains with lr, clipped with the model) or a "
                           f"positive learning rate, got {p.inst_lr}")

@@ -266,3 +266,26 @@ def test_inst_lr_gives_the_instance_head_its_own_rate_outside_the_clipped_norm()
 
     with pytest.raises(ConfigError, match="inst_lr"):
         make_params({"inst_lr": -1.0})
+
+
+@pytest.mark.parametrize("w", [1.0, 0.25])
+def test_stream_weight_mixes_the_top_patch_into_the_slides_log_odds(w):
+    from recomil.model import build_model
+
+    base = {"feat_dim_high": 8, "feat_dim_low": None, "num_protos_high": 16, "embed_dim_high": 16, "drop": 0.0,
+            "inst_on": "input", "instance_stream": True}
+    torch.manual_seed(0)
+    half = build_model(make_params(base)).eval()
+    torch.manual_seed(0)
+    mixed = build_model(make_params({**base, "stream_weight": w})).eval()
+    x = torch.randn(30, 8)
+    with torch.no_grad():
+        a, b = half(x), mixed(x)
+    top = a["instance_logits_high"].max()
+    head = torch.stack([a["logits"][0, 0] * 2, a["logits"][0, 1] * 2 - top])  # the attention head's logits
+    odds = b["logits"][0, 1] - b["logits"][0, 0]
+    assert torch.allclose(odds, (1 - w) * (head[1] - head[0]) + w * top, atol=1e-5)
+    from recomil.config import ConfigError
+
+    with pytest.raises(ConfigError, match="stream_weight"):
+        make_params({"stream_weight": 0.0})

@@ -101,16 +101,17 @@ class ReCoBranch(nn.Module):
         inst_on: ``tokens`` (the patch tokens ``Z[:N]``, default) or ``input`` (a linear classifier
             of the standardised input features, which cannot memorise a few patches per slide the way
             a head on deep tokens can; it shapes no representation, so use it with ``instance_stream``).
-        instance_stream: two classes only; the bag's log-odds are the mean of the attention head's
-            (``l_1 - l_0``) and the highest patch logit of the instance head (DSMIL's max-pooling
-            stream): logits ``[l_0 / 2, (l_1 + max_i s_i) / 2]``.
+        instance_stream: two classes only; the bag's log-odds mix the attention head's (``l_1 - l_0``)
+            and the highest patch logit of the instance head (DSMIL's max-pooling stream), the latter
+            with weight ``w = stream_weight``: logits ``[(1 - w) l_0, (1 - w) l_1 + w max_i s_i]``
+            (``w`` 0.5: their mean; 1: the top patch alone).
     """
 
     def __init__(self, sp: ScaleParams, feat_dim: int, num_classes: int, num_enhancers: int, drop: float,
                  prototypes: torch.Tensor | None = None, counts: torch.Tensor | None = None,
                  gate_at_eval: bool = False, ortho_on_projected: bool = False,
                  checkpoint_min_patches: int = 16384, recalibrate: bool = True, instance_head: bool = False,
-                 instance_stream: bool = False, inst_on: str = "tokens") -> None:
+                 instance_stream: bool = False, inst_on: str = "tokens", stream_weight: float = 0.5) -> None:
         super().__init__()
         k, e = sp.num_protos, sp.embed_dim
         if k < 2 ** num_enhancers:
@@ -142,6 +143,7 @@ class ReCoBranch(nn.Module):
         if instance_stream and num_classes != 2:
             raise ValueError(f"scale {sp.name}: instance_stream needs two classes, got {num_classes}")
         self.instance_stream = instance_stream
+        self.stream_weight = float(stream_weight)
         self.register_buffer("sim_scale", torch.tensor(1.0))
         self.register_buffer("tau", torch.tensor(float(sp.tau_start)))
         w = rare_prototype_weights(counts, sp.rare_beta)
@@ -239,7 +241,9 @@ class ReCoBranch(nn.Module):
             if self.instance_stream:  # DSMIL's two streams: the log-odds average that of the top patch
                 head = logits.float()
                 top = (inst if mask is None else inst.masked_fill(~mask, float("-inf"))).amax(-1)
-                out["logits"] = torch.stack([head[..., 0] / 2, (head[..., 1] + top) / 2], dim=-1).view(head.shape)
+                w = self.stream_weight
+                out["logits"] = torch.stack([head[..., 0] * (1 - w), head[..., 1] * (1 - w) + top * w],
+                                            dim=-1).view(head.shape)
         if assignment is not None:
             out["assignment"] = assignment
         return out

@@ -54,6 +54,7 @@ def build_model(params: dict[str, Any] | Params, prototypes: dict[str, torch.Ten
             counts=None if counts.get(name) is None else torch.as_tensor(counts[name]),
             gate_at_eval=p.gate_at_eval, ortho_on_projected=p.ortho_on_projected, recalibrate=p.recalibrate,
             instance_head=p.lambda_inst > 0, instance_stream=p.instance_stream, inst_on=p.inst_on,
+            stream_weight=p.stream_weight,
         )
     fusion = DualFusion(p.fusion, p.alpha_init) if len(branches) > 1 else None
     model = MILClassifier(branches, fusion, {s: p.scale(s).feat_dim for s in p.scales})
