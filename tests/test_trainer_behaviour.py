@@ -405,15 +405,15 @@ def test_snapshots_keep_the_weights_of_evenly_spaced_epochs_after_warm_up_as_mem
     ``best.pt`` and the others as further members of the fold; every epoch is trained (no early stop,
     no selection) and the training is the same as without snapshots."""
     import recomil.training.trainer as trainer
-    from recomil.inference import member_files, predict_bags
+    from recomil.inference import member_files, predict_probs
 
     seen: list[dict[str, torch.Tensor]] = []
 
-    def validate(model, bags, amp=None):  # the weights that each epoch validates
+    def validate(model, bags, amp=None, batch=1):  # the weights that each epoch validates
         seen.append({k: v.detach().clone() for k, v in model.state_dict().items()})
-        return predict_bags(model, bags, amp)
+        return predict_probs(model, bags, amp, batch=batch)
 
-    monkeypatch.setattr(trainer, "predict_bags", validate)
+    monkeypatch.setattr(trainer, "predict_probs", validate)
     kw = dict(epochs=7, warmup_epochs=2, freeze_protos_epochs=2, patience=1, lr=3e-3, save_policy="joint")
     p, summary, rows, best, _ = _train(demo_project, "snap", snapshots=3, **kw)
     assert trainer.snapshot_epochs(p) == [3, 5, 7] == summary["snapshot_epochs"]
