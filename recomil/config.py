@@ -177,6 +177,7 @@ class Params:
     bag_batching: str = "auto"
     length_buckets: int = 8
     device_features: str = "auto"
+    resume_every_s: float = 60.0
     sampler: str = "shuffle"
     instance_dropout: float = 0.0
     lambda_inst: float = 1.0
@@ -306,6 +307,9 @@ def _validate(p: Params) -> None:
     if not 0.0 < p.stream_weight <= 1.0:
         raise ConfigError(f"param 'stream_weight' must lie in (0, 1] (the top patch's share of the slide's log-odds "
                           f"with instance_stream), got {p.stream_weight}")
+    if not (math.isfinite(p.resume_every_s) and p.resume_every_s >= 0):
+        raise ConfigError(f"param 'resume_every_s' must be 0 (a resume file after every epoch) or a number of "
+                          f"seconds, got {p.resume_every_s}")
     if not (math.isfinite(p.inst_lr) and p.inst_lr >= 0):
         raise ConfigError(f"param 'inst_lr' must be 0 (the instance head trains with lr, clipped with the model) or a "
                           f"positive learning rate, got {p.inst_lr}")

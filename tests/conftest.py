@@ -15,7 +15,7 @@ TINY = {
     "demo_max_patches": 120, "num_protos_high": 16, "num_protos_low": 8, "embed_dim_high": 32,
     "embed_dim_low": 32, "kmeans_max_iter": 5, "kmeans_batch_size": 256, "epochs": 3, "warmup_epochs": 1,
     "freeze_protos_epochs": 1, "tau_epochs_high": 2, "tau_epochs_low": 2, "bootstrap": 50,
-    "wandb_mode": "disabled", "val_split": 0.25,
+    "wandb_mode": "disabled", "val_split": 0.25, "resume_every_s": 0,
 }
 
 REPO = Path(__file__).resolve().parents[1]

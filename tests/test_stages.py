@@ -261,3 +261,31 @@ def test_a_degenerate_interval_is_reported_as_undefined():
          "auc_pooled_ci_high": 0.9}
     evaluate_stage.drop_degenerate_intervals(m)
     assert m["auc_ci_low"] is None and m["auc_ci_high"] is None and m["auc_pooled_ci_low"] == 0.5
+
+
+def test_resume_files_are_written_at_most_every_resume_every_s(project, tiny_params, monkeypatch):
+    """With resume_every_s far above a run's length no epoch is saved before the fold's end: a run
+    killed in epoch 3 leaves no resume file, and the rerun trains from the start to the same result;
+    an uninterrupted run still leaves its finished state."""
+    p = dataclasses.replace(tiny_params, resume_every_s=1e9)
+    prepare_demo(p)
+    train_stage.run_train(p, progress=False)
+    first = evaluate_stage.run_evaluate(p)
+
+    class Killed(Exception):
+        pass
+
+    original = Tracker.log_epoch
+
+    def dies_in_epoch_3(self, row):
+        if row["epoch"] == 3:
+            raise Killed
+        original(self, row)
+
+    monkeypatch.setattr(Tracker, "log_epoch", dies_in_epoch_3)
+    with pytest.raises(Killed):
+        train_stage.run_train(p, progress=False)
+    assert not (paths.RESUME / "fold_0.pt").exists()
+    monkeypatch.setattr(Tracker, "log_epoch", original)
+    train_stage.run_train(p, progress=False)
+    assert evaluate_stage.run_evaluate(p) == first
