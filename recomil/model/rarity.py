@@ -34,8 +34,7 @@ def rarity_gate(best_sim: torch.Tensor, top_p: float, alpha: float,
         m = max(1, math.floor(n * top_p))
         m = min(m, n)
         threshold = torch.kthvalue(best_sim.detach().float(), m).values
-        gate[best_sim <= threshold] = 1.0 + alpha
-        return gate
+        return gate.masked_fill_(best_sim <= threshold, 1.0 + alpha)  # no boolean indexing: no GPU sync
     vals = best_sim.detach().float()
     if mask is None:
         mask = torch.ones_like(vals, dtype=torch.bool)

@@ -30,8 +30,9 @@ def pad_bags(bags: list[dict[str, torch.Tensor]]) -> tuple[dict[str, torch.Tenso
         if any(r.shape[0] == 0 for r in rows):
             raise ValueError(f"a bag without {scale} patches cannot be padded into a step")
         x[scale] = pad_sequence(rows, batch_first=True)
-        lengths = torch.tensor([r.shape[0] for r in rows], device=x[scale].device)
-        masks[scale] = torch.arange(x[scale].shape[1], device=lengths.device)[None, :] < lengths[:, None]
+        # built on the features' device from their shapes: no host-to-device copy (a GPU would wait on it)
+        masks[scale] = pad_sequence([torch.ones(r.shape[0], dtype=torch.bool, device=r.device) for r in rows],
+                                    batch_first=True)
         real += int(sum(r.shape[0] for r in rows))
         slots += x[scale].shape[0] * x[scale].shape[1]
     return x, masks, real, slots

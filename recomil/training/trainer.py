@@ -93,10 +93,13 @@ def bag_cross_entropy(logits: torch.Tensor, y: torch.Tensor, weight: torch.Tenso
     return ce / weight[y] if weight is not None else ce
 
 
-def _instance_losses(logits: torch.Tensor, y: torch.Tensor, top_p: float, mask: torch.Tensor | None) -> torch.Tensor:
-    """``[B]`` instance-level losses of one bag's ``[N]`` or B padded bags' ``[B, N]`` patch logits."""
+def _instance_losses(logits: torch.Tensor, y: torch.Tensor, top_p: float, mask: torch.Tensor | None,
+                     host_y: np.ndarray | None = None) -> torch.Tensor:
+    """``[B]`` instance-level losses of one bag's ``[N]`` or B padded bags' ``[B, N]`` patch logits;
+    ``host_y``: the labels on the host too (one bag's positivity read from there, not the device)."""
     if logits.ndim == 1:
-        return instance_loss(logits, bool(y == 1), top_p).reshape(1)
+        positive = bool(host_y[0] == 1) if host_y is not None else bool(y == 1)
+        return instance_loss(logits, positive, top_p).reshape(1)
     return instance_losses(logits, y == 1, top_p, mask)
 
 
@@ -281,7 +284,9 @@ def train_fold(p: Params, store: FeatureStore, split: dict[str, list[str]],
         bar = tqdm(order, desc=f"{tag} epoch {epoch}/{p.epochs}", unit="bag",
                    disable=None if progress and main else True,
                    file=sys.stderr, leave=False)
-        labels = torch.as_tensor(train.labels, device=device)
+        # the epoch's labels in visiting order, copied once: a step slices them (no host transfer per step)
+        ordered_y = torch.as_tensor(train.labels[order], device=device)
+        visited = 0
         stats = StepStats(mp.num_classes, device)
         bags = zip(bar, train.prefetch(order, device))
         for step_bags in plan:
@@ -290,7 +295,9 @@ def train_fold(p: Params, store: FeatureStore, split: dict[str, list[str]],
             passes = [len(step_bags)] if padded else [1] * len(step_bags)
             for size in passes:
                 taken = [next(bags) for _ in range(size)]
-                y = labels[torch.as_tensor([int(j) for j, _ in taken], device=device)]
+                host_y = train.labels[[int(j) for j, _ in taken]]
+                y = ordered_y[visited:visited + size]
+                visited += size
                 batch = [drop_instances(bag, p.instance_dropout) for _, bag in taken]
                 masks: dict[str, torch.Tensor | None] = {}
                 if padded:
@@ -305,7 +312,7 @@ def train_fold(p: Params, store: FeatureStore, split: dict[str, list[str]],
                 orth = model.ortho_losses()
                 loss = ce + sum(getattr(p, f"lambda_ortho_{s}") * orth[s] for s in mp.scales)
                 if inst_scales:  # the mean over scales of each branch's instance-level loss
-                    inst = sum(_instance_losses(out[f"instance_logits_{s}"], y, p.inst_top_p, masks.get(s))
+                    inst = sum(_instance_losses(out[f"instance_logits_{s}"], y, p.inst_top_p, masks.get(s), host_y)
                                for s in inst_scales) / len(inst_scales)
                     loss = loss + p.lambda_inst * inst
                     sums["inst"] += inst.detach().sum()
