@@ -91,9 +91,10 @@ COHORTS: dict[str, dict[str, Any]] = {
     "c128-a": {**_C128, "demo_seed": 102},
     "c128-b": {**_C128, "demo_seed": 103},
     "c128-rare": {**_C128, "demo_seed": 104, "demo_tumour_min": 0.002, "demo_tumour_max": 0.02},
-    # issue #31: development cohorts (generator seeds 201, 202, 204, 205), where recipe defaults were chosen,
-    # and reporting cohorts (301, 302, 303, 304), which never served to choose anything
-    **{f"dev768-{t}": {**_C768, "demo_seed": 200 + k} for t, k in (("a", 1), ("b", 2))},
+    # issue #31: development cohorts (generator seeds 201, 202, 204, 205; 206, 207 added in session 16 to
+    # find development cohorts where the defaults fail), where recipe defaults are chosen, and reporting
+    # cohorts (301, 302, 303, 304), which never served to choose anything
+    **{f"dev768-{t}": {**_C768, "demo_seed": 200 + k} for t, k in (("a", 1), ("b", 2), ("c", 6), ("d", 7))},
     **{f"devrare-{t}": {**_RARE, "demo_seed": 203 + k} for t, k in (("a", 1), ("b", 2))},
     **{f"rep768-{k}": {**_C768, "demo_seed": 300 + k} for k in (1, 2)},
     **{f"reprare-{k}": {**_RARE, "demo_seed": 302 + k} for k in (1, 2)},
@@ -134,6 +135,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     # the slide's log-odds the linear head's top patch alone (mi-SVM with max pooling, the attention head unused)
     "recomil-linear-max": {"inst_on": "input", "instance_stream": True, "inst_lr": 1e-3, "stream_weight": 1.0},
     "recomil-b16": {"bags_per_step": 16},         # 16 bags per step (padded on a GPU: issue #33)
+    "recomil-b16-lr": {"bags_per_step": 16, "lr": 4e-4},  # the same, learning rate x sqrt(16)
     "recomil-bf16": {"amp": "bf16"},              # bf16 autocast whatever the bag size (amp: auto's choice on a
                                                   # bf16 CPU before it kept float32 for bags under 256 patches)
 }
