@@ -45,14 +45,8 @@ def test_stages_write_their_outputs(project, tiny_params):
     assert list((project / "wandb").glob("offline-run-*")), "wandb offline run directory missing"
 
 
-@pytest.mark.parametrize(("ema_epochs", "snapshots"), [(0.0, 1), (1.0, 1), (0.0, 2)])
-def test_training_is_deterministic_and_resumes_exactly(project, tiny_params, monkeypatch, ema_epochs, snapshots):
-    # ema 1.0: the weight average resumes too; snapshots 2: the epoch-2 snapshot, kept before the kill, too
-    p = dataclasses.replace(tiny_params, ema_epochs=ema_epochs, snapshots=snapshots)
-    prepare_demo(p)
-    train_stage.run_train(p, progress=False)
-    first = evaluate_stage.run_evaluate(p)
-    first_preds = pd.read_csv(paths.PREDICTIONS)
+def _train_killed_in_epoch_3(p, monkeypatch) -> None:
+    """Run the train stage, killed while logging epoch 3 (after epoch 2's resume file, if any)."""
 
     class Killed(Exception):
         pass
@@ -64,11 +58,23 @@ def test_training_is_deterministic_and_resumes_exactly(project, tiny_params, mon
             raise Killed
         original(self, row)
 
-    monkeypatch.setattr(Tracker, "log_epoch", dies_in_epoch_3)
-    with pytest.raises(Killed):
-        train_stage.run_train(p, progress=False)
+    with monkeypatch.context() as m:
+        m.setattr(Tracker, "log_epoch", dies_in_epoch_3)
+        with pytest.raises(Killed):
+            train_stage.run_train(p, progress=False)
+
+
+@pytest.mark.parametrize(("ema_epochs", "snapshots"), [(0.0, 1), (1.0, 1), (0.0, 2)])
+def test_training_is_deterministic_and_resumes_exactly(project, tiny_params, monkeypatch, ema_epochs, snapshots):
+    # ema 1.0: the weight average resumes too; snapshots 2: the epoch-2 snapshot, kept before the kill, too
+    p = dataclasses.replace(tiny_params, ema_epochs=ema_epochs, snapshots=snapshots)
+    prepare_demo(p)
+    train_stage.run_train(p, progress=False)
+    first = evaluate_stage.run_evaluate(p)
+    first_preds = pd.read_csv(paths.PREDICTIONS)
+
+    _train_killed_in_epoch_3(p, monkeypatch)
     assert (paths.RESUME / "fold_0.pt").is_file()
-    monkeypatch.setattr(Tracker, "log_epoch", original)
     train_stage.run_train(p, progress=False)
     log = pd.read_csv(paths.TRAIN_LOG / "fold_0.csv")
     assert list(log["epoch"]) == [1, 2, 3]
@@ -272,20 +278,7 @@ def test_resume_files_are_written_at_most_every_resume_every_s(project, tiny_par
     train_stage.run_train(p, progress=False)
     first = evaluate_stage.run_evaluate(p)
 
-    class Killed(Exception):
-        pass
-
-    original = Tracker.log_epoch
-
-    def dies_in_epoch_3(self, row):
-        if row["epoch"] == 3:
-            raise Killed
-        original(self, row)
-
-    monkeypatch.setattr(Tracker, "log_epoch", dies_in_epoch_3)
-    with pytest.raises(Killed):
-        train_stage.run_train(p, progress=False)
+    _train_killed_in_epoch_3(p, monkeypatch)
     assert not (paths.RESUME / "fold_0.pt").exists()
-    monkeypatch.setattr(Tracker, "log_epoch", original)
     train_stage.run_train(p, progress=False)
     assert evaluate_stage.run_evaluate(p) == first
