@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -35,7 +35,7 @@ class BagSet:
         self.positions = [self.store.position(s) for s in self.slide_ids]
         self.labels = self.store.labels[self.positions] if self.positions else np.zeros(0, np.int64)
 
-    _resident: list[dict[str, torch.Tensor]] | None = None
+    _resident: list[dict[str, torch.Tensor]] | None = field(default=None, init=False, repr=False)
 
     def nbytes(self) -> int:
         """Bytes of this set's features in the store's dtype (every chosen scale)."""
