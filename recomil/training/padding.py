@@ -16,6 +16,8 @@ import numpy as np
 import torch
 from torch.nn.utils.rnn import pad_sequence
 
+from recomil.training.batching import step_groups
+
 
 def pad_bags(bags: list[dict[str, torch.Tensor]]) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], int, int]:
     """Pad ``bags`` (each ``{scale: [N_s, D_s]}``) per scale to ``[B, N_max, D_s]`` with zeros.
@@ -48,7 +50,7 @@ def bucket_steps(order: np.ndarray, lengths: np.ndarray, bags_per_step: int, win
     consecutive steps of ``order`` as they are (:func:`recomil.training.batching.step_groups`)."""
     b = max(1, int(bags_per_step))
     if b == 1 or window <= 1:
-        return [order[i:i + b] for i in range(0, len(order), b)]
+        return step_groups(order, b)
     steps: list[np.ndarray] = []
     for start in range(0, len(order), b * window):
         run = order[start:start + b * window]
