@@ -134,6 +134,9 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "recomil-linear-lr": {"inst_on": "input", "instance_stream": True, "inst_lr": 1e-3},
     # the slide's log-odds the linear head's top patch alone (mi-SVM with max pooling, the attention head unused)
     "recomil-linear-max": {"inst_on": "input", "instance_stream": True, "inst_lr": 1e-3, "stream_weight": 1.0},
+    # session 17: the linear input head fitted in closed form before the first epoch (mi-SVM), in the log-odds
+    "recomil-misvm": {"inst_on": "input", "instance_stream": True, "inst_init": "misvm"},
+    "recomil-misvm-max": {"inst_on": "input", "instance_stream": True, "inst_init": "misvm", "stream_weight": 1.0},
     "recomil-b16": {"bags_per_step": 16},         # 16 bags per step (padded on a GPU: issue #33)
     "recomil-b16-lr": {"bags_per_step": 16, "lr": 4e-4},  # the same, learning rate x sqrt(16)
     "recomil-bf16": {"amp": "bf16"},              # bf16 autocast whatever the bag size (amp: auto's choice on a

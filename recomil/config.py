@@ -28,6 +28,7 @@ ENSEMBLE_VALS = ("resplit", "shared")
 OPTIMIZERS = ("adam", "adamw")
 SAMPLERS = ("shuffle", "balanced")
 INST_ON = ("tokens", "input")
+INST_INITS = ("none", "misvm")
 BAG_BATCHING = ("auto", "padded", "accumulate")
 DEVICE_FEATURES = ("auto", "on", "off")
 ENSEMBLE_PROTOS = ("shared", "resample")
@@ -186,6 +187,10 @@ class Params:
     stream_weight: float = 0.5
     inst_on: str = "tokens"
     inst_lr: float = 0.0
+    inst_init: str = "none"
+    inst_init_refits: int = 2
+    inst_init_c: float = 0.01
+    inst_init_rows: int = 100000
     patience: int = 10
     early_stop_after_warmup: bool = True
     min_delta: float = 0.0
@@ -240,6 +245,7 @@ _CHOICES = {
     "optimizer": OPTIMIZERS,
     "sampler": SAMPLERS,
     "inst_on": INST_ON,
+    "inst_init": INST_INITS,
     "bag_batching": BAG_BATCHING,
     "device_features": DEVICE_FEATURES,
     "wandb_mode": WANDB_MODES,
@@ -313,6 +319,15 @@ def _validate(p: Params) -> None:
     if not (math.isfinite(p.inst_lr) and p.inst_lr >= 0):
         raise ConfigError(f"param 'inst_lr' must be 0 (the instance head trains with lr, clipped with the model) or a "
                           f"positive learning rate, got {p.inst_lr}")
+    if p.inst_init == "misvm" and (p.inst_on != "input" or p.lambda_inst <= 0):
+        raise ConfigError("param 'inst_init: misvm' fits the linear instance head on the input features: it needs "
+                          f"inst_on: input and lambda_inst > 0 (got inst_on: {p.inst_on}, lambda_inst: "
+                          f"{p.lambda_inst})")
+    if p.inst_init_refits < 0 or p.inst_init_rows < 1:
+        raise ConfigError(f"params 'inst_init_refits' (>= 0) and 'inst_init_rows' (>= 1) got {p.inst_init_refits} "
+                          f"and {p.inst_init_rows}")
+    if not (math.isfinite(p.inst_init_c) and p.inst_init_c > 0):
+        raise ConfigError(f"param 'inst_init_c' must be a positive inverse L2 strength, got {p.inst_init_c}")
     if not 0.0 < p.inst_top_p <= 1.0:
         raise ConfigError(f"param 'inst_top_p' must lie in (0, 1] (a share of a positive slide's patches), "
                           f"got {p.inst_top_p}")

@@ -52,6 +52,7 @@ from recomil.training.bags import BagSet
 from recomil.training.batching import drop_instances, epoch_order, step_groups
 from recomil.training.device import auto_precision_reason, autocast_dtype, pick_device, precision_name
 from recomil.training.diagnostics import CollapseWatch, StepStats, validation_row
+from recomil.training.instance_init import init_instance_heads
 from recomil.training.instance_loss import instance_loss, instance_losses
 from recomil.training.optim import build_optimizer, clip_gradients
 from recomil.training.padding import bucket_steps, pad_bags
@@ -172,6 +173,9 @@ def train_fold(p: Params, store: FeatureStore, split: dict[str, list[str]],
                         counts={s: torch.from_numpy(v["counts"]) for s, v in prototypes.items()} if recomil else None,
                         input_stats={s: (torch.from_numpy(v["mean"]), torch.from_numpy(v["std"]))
                                      for s, v in prototypes.items() if "mean" in v}).to(device)
+    if p.inst_init == "misvm":  # the linear instance heads start from a closed-form fit on the training slides
+        init_instance_heads(model, train, p, member_seed(p.seed, fold, member), tag,
+                            log=None if main else (lambda line: None))
     opt = build_optimizer(model, p)
     scaler = torch.amp.GradScaler("cuda", enabled=amp == torch.float16)
     # the weights validated, selected and saved: their moving average (ema_epochs > 0) or the weights

@@ -1,0 +1,113 @@
+"""The closed-form start of linear instance heads (``inst_init: misvm``, issue #31)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import numpy as np
+import pytest
+import torch
+from sklearn.linear_model import LogisticRegression
+
+from recomil.config import ConfigError, make_params
+from recomil.pipeline import paths, train_stage
+from recomil.training.instance_init import fit_misvm, init_instance_heads, top_k
+from tests.conftest import prepare_demo
+
+
+def _cohort(seed: int = 0, d: int = 12, slides: int = 24, tumour: int = 5):
+    """Bags of 80-120 patches: types shift along dims 1..d-1, tumour patches (positive slides only,
+    ``tumour`` each) lie 6 SDs out along dim 0; half the slides positive."""
+    rng = np.random.default_rng(seed)
+    bags, labels, truth = [], [], []
+    for j in range(slides):
+        n = int(rng.integers(80, 121))
+        x = rng.normal(size=(n, d)).astype(np.float32)
+        x[:, 1:] += rng.normal(0, 0.5, size=d - 1).astype(np.float32)  # a slide-wide shift: what bag labels see
+        t = np.zeros(n, bool)
+        if j % 2:
+            t[rng.choice(n, tumour, replace=False)] = True
+            x[t, 0] += 6.0
+        bags.append(x)
+        labels.append(j % 2)
+        truth.append(t)
+    return bags, np.array(labels), truth
+
+
+def test_misvm_refits_find_the_tumour_direction_from_the_top_patches_of_positive_slides():
+    bags, labels, truth = _cohort()
+    w, b, history = fit_misvm(lambda j: bags[j], labels, top_p=0.03, refits=4, c=0.01, max_rows=10**6,
+                              rng=np.random.default_rng(0))
+    assert w.shape == (12,) and w.dtype == np.float32 and len(history) == 5
+    assert abs(w[0]) / np.linalg.norm(w) > 0.9 and w[0] > 0  # the tumour direction
+    assert history[-1] == 1.0
+    # each positive slide's top patch under the fit is a tumour patch
+    for x, lab, t in zip(bags, labels, truth):
+        if lab:
+            assert t[np.argmax(x @ w + b)]
+    # the fit is the refit of the instance loss's rule: reproduce the last refit by hand
+    bag_fit = LogisticRegression(C=0.01, max_iter=300).fit(np.concatenate(bags),
+                                                             np.concatenate([np.full(len(x), lab) for x, lab in
+                                                                             zip(bags, labels)]))
+    clf = bag_fit
+    for _ in range(4):
+        pos = np.concatenate([x[np.argsort(-clf.decision_function(x), kind="stable")[:top_k(len(x), 0.03)]]
+                              for x, lab in zip(bags, labels) if lab])
+        neg = np.concatenate([x for x, lab in zip(bags, labels) if not lab])
+        clf = LogisticRegression(C=0.01, max_iter=300, class_weight="balanced").fit(
+            np.concatenate([neg, pos]), np.r_[np.zeros(len(neg)), np.ones(len(pos))])
+    assert np.allclose(w, clf.coef_[0], atol=1e-5) and b == pytest.approx(float(clf.intercept_[0]), abs=1e-5)
+
+
+def test_misvm_without_refits_is_the_bag_label_fit_and_a_row_cap_subsamples():
+    bags, labels, _ = _cohort(1)
+    w0, b0, h0 = fit_misvm(lambda j: bags[j], labels, 0.03, 0, 0.01, 10**6, np.random.default_rng(0))
+    ref = LogisticRegression(C=0.01, max_iter=300).fit(
+        np.concatenate(bags), np.concatenate([np.full(len(x), lab) for x, lab in zip(bags, labels)]))
+    assert len(h0) == 1 and np.allclose(w0, ref.coef_[0], atol=1e-5)
+    w1, _, _ = fit_misvm(lambda j: bags[j], labels, 0.03, 0, 0.01, 500, np.random.default_rng(0))
+    assert not np.allclose(w1, w0, atol=1e-3)  # fewer rows: another fit
+    assert top_k(50, 0.01) == 1 and top_k(250, 0.01) == 2 and top_k(3, 1.0) == 3
+
+
+def test_inst_init_needs_a_linear_head_on_the_input():
+    with pytest.raises(ConfigError, match="inst_on: input"):
+        make_params({"inst_init": "misvm"})
+    with pytest.raises(ConfigError, match="inst_init"):
+        make_params({"inst_init": "svm"})
+    make_params({"inst_init": "misvm", "inst_on": "input"})
+
+
+def test_training_starts_from_the_misvm_fit_of_the_training_slides(project, tiny_params, capsys):
+    """The heads hold the fit of the fold's training slides, standardised as the model sees them, before
+    the first step; the trainer says so and trains from there."""
+    from recomil.data.store import FeatureStore
+    from recomil.model import build_model
+    from recomil.training.bags import BagSet
+    from recomil.training.trainer import model_params
+
+    p = dataclasses.replace(tiny_params, inst_on="input", inst_init="misvm", instance_stream=True, epochs=1)
+    prepare_demo(p)
+    store = FeatureStore(paths.STORE)
+    split = json.loads(paths.SPLIT.read_text())["folds"][0]
+    protos = train_stage.load_prototypes(store.scales, 0)
+    mp = model_params(p, store)
+    model = build_model(mp, {s: torch.from_numpy(v["centres"]) for s, v in protos.items()},
+                        counts={s: torch.from_numpy(v["counts"]) for s, v in protos.items()},
+                        input_stats={s: (torch.from_numpy(v["mean"]), torch.from_numpy(v["std"]))
+                                     for s, v in protos.items()})
+    train = BagSet(store, split["train"], mp.scales)
+    history = init_instance_heads(model, train, p, 0, "fold 0", log=lambda line: None)
+    assert set(history) == {"high", "low"}
+    for scale in ("high", "low"):
+        mean, std = protos[scale]["mean"], np.maximum(protos[scale]["std"], 1e-6)
+        bags = [(train.bag(j)[scale].numpy() - mean) / std for j in range(len(train))]
+        w, b, _ = fit_misvm(bags.__getitem__, train.labels, p.inst_top_p, p.inst_init_refits, p.inst_init_c,
+                            p.inst_init_rows, np.random.default_rng(0))
+        head = model.branches[scale].instance_head
+        assert np.allclose(head.weight.detach().numpy()[0], w, atol=1e-4)
+        assert float(head.bias.detach()) == pytest.approx(b, abs=1e-4)
+    train_stage.run_train(p, progress=False)
+    err = capsys.readouterr().err
+    assert "instance head (high) fitted by mi-SVM on the" in err and "instance head (low)" in err
