@@ -137,6 +137,11 @@ VARIANTS: dict[str, dict[str, Any]] = {
     # session 17: the linear input head fitted in closed form before the first epoch (mi-SVM), in the log-odds
     "recomil-misvm": {"inst_on": "input", "instance_stream": True, "inst_init": "misvm"},
     "recomil-misvm-max": {"inst_on": "input", "instance_stream": True, "inst_init": "misvm", "stream_weight": 1.0},
+    # ... started from a fit of every patch with its slide's label, two refits (3283df6's only start)
+    "recomil-misvm-bags": {"inst_on": "input", "instance_stream": True, "inst_init": "misvm",
+                           "inst_init_start": "bags", "inst_init_refits": 2},
+    "recomil-misvm-bags-max": {"inst_on": "input", "instance_stream": True, "inst_init": "misvm",
+                               "inst_init_start": "bags", "inst_init_refits": 2, "stream_weight": 1.0},
     "recomil-b16": {"bags_per_step": 16},         # 16 bags per step (padded on a GPU: issue #33)
     "recomil-b16-lr": {"bags_per_step": 16, "lr": 4e-4},  # the same, learning rate x sqrt(16)
     "recomil-bf16": {"amp": "bf16"},              # bf16 autocast whatever the bag size (amp: auto's choice on a

@@ -35,10 +35,10 @@ def _cohort(seed: int = 0, d: int = 12, slides: int = 24, tumour: int = 5):
     return bags, np.array(labels), truth
 
 
-def test_misvm_refits_find_the_tumour_direction_from_the_top_patches_of_positive_slides():
+def test_misvm_from_bag_labels_refits_on_the_top_patches_of_positive_slides():
     bags, labels, truth = _cohort()
     w, b, history = fit_misvm(lambda j: bags[j], labels, top_p=0.03, refits=4, c=0.01, max_rows=10**6,
-                              rng=np.random.default_rng(0))
+                              rng=np.random.default_rng(0), start="bags")
     assert w.shape == (12,) and w.dtype == np.float32 and len(history) == 5
     assert abs(w[0]) / np.linalg.norm(w) > 0.9 and w[0] > 0  # the tumour direction
     assert history[-1] == 1.0
@@ -62,13 +62,39 @@ def test_misvm_refits_find_the_tumour_direction_from_the_top_patches_of_positive
 
 def test_misvm_without_refits_is_the_bag_label_fit_and_a_row_cap_subsamples():
     bags, labels, _ = _cohort(1)
-    w0, b0, h0 = fit_misvm(lambda j: bags[j], labels, 0.03, 0, 0.01, 10**6, np.random.default_rng(0))
+    w0, b0, h0 = fit_misvm(lambda j: bags[j], labels, 0.03, 0, 0.01, 10**6, np.random.default_rng(0), start="bags")
     ref = LogisticRegression(C=0.01, max_iter=300).fit(
         np.concatenate(bags), np.concatenate([np.full(len(x), lab) for x, lab in zip(bags, labels)]))
     assert len(h0) == 1 and np.allclose(w0, ref.coef_[0], atol=1e-5)
-    w1, _, _ = fit_misvm(lambda j: bags[j], labels, 0.03, 0, 0.01, 500, np.random.default_rng(0))
+    w1, _, _ = fit_misvm(lambda j: bags[j], labels, 0.03, 0, 0.01, 500, np.random.default_rng(0), start="bags")
     assert not np.allclose(w1, w0, atol=1e-3)  # fewer rows: another fit
     assert top_k(50, 0.01) == 1 and top_k(250, 0.01) == 2 and top_k(3, 1.0) == 3
+
+
+def test_novelty_is_the_mean_distance_to_the_nearest_negative_patches_and_starts_the_refits():
+    from sklearn.neighbors import NearestNeighbors
+
+    from recomil.training.instance_init import novelty
+
+    bags, labels, truth = _cohort(2)
+    neg = np.concatenate([x for x, lab in zip(bags, labels) if not lab])
+    queries = bags[1]
+    got = novelty(queries, torch.from_numpy(neg), neighbours=5, chunk=7)
+    d, _ = NearestNeighbors(n_neighbors=5).fit(neg).kneighbors(queries)
+    assert np.allclose(got, d.mean(1), atol=1e-3)
+    assert got[truth[1]].min() > np.median(got)  # tumour patches are unlike every negative patch
+    w, b, history = fit_misvm(lambda j: bags[j], labels, 0.03, 2, 0.01, 10**6, np.random.default_rng(0))
+    assert len(history) == 2  # no bag-label fit: the refits only
+    pos = np.concatenate([x[np.argsort(-novelty(x, torch.from_numpy(neg), 5), kind="stable")[:top_k(len(x), 0.03)]]
+                          for x, lab in zip(bags, labels) if lab])
+    clf = LogisticRegression(C=0.01, max_iter=300, class_weight="balanced").fit(
+        np.concatenate([neg, pos]), np.r_[np.zeros(len(neg)), np.ones(len(pos))])
+    pos = np.concatenate([x[np.argsort(-clf.decision_function(x), kind="stable")[:top_k(len(x), 0.03)]]
+                          for x, lab in zip(bags, labels) if lab])
+    clf = LogisticRegression(C=0.01, max_iter=300, class_weight="balanced").fit(
+        np.concatenate([neg, pos]), np.r_[np.zeros(len(neg)), np.ones(len(pos))])
+    assert np.allclose(w, clf.coef_[0], atol=1e-5) and b == pytest.approx(float(clf.intercept_[0]), abs=1e-5)
+    assert w[0] / np.linalg.norm(w) > 0.9 and history[-1] == 1.0
 
 
 def test_inst_init_needs_a_linear_head_on_the_input():
@@ -76,7 +102,9 @@ def test_inst_init_needs_a_linear_head_on_the_input():
         make_params({"inst_init": "misvm"})
     with pytest.raises(ConfigError, match="inst_init"):
         make_params({"inst_init": "svm"})
-    make_params({"inst_init": "misvm", "inst_on": "input"})
+    with pytest.raises(ConfigError, match="inst_init_refits"):
+        make_params({"inst_init": "misvm", "inst_on": "input", "inst_init_refits": 0})
+    make_params({"inst_init": "misvm", "inst_on": "input", "inst_init_refits": 0, "inst_init_start": "bags"})
 
 
 def test_training_starts_from_the_misvm_fit_of_the_training_slides(project, tiny_params, capsys):
@@ -104,7 +132,7 @@ def test_training_starts_from_the_misvm_fit_of_the_training_slides(project, tiny
         mean, std = protos[scale]["mean"], np.maximum(protos[scale]["std"], 1e-6)
         bags = [(train.bag(j)[scale].numpy() - mean) / std for j in range(len(train))]
         w, b, _ = fit_misvm(bags.__getitem__, train.labels, p.inst_top_p, p.inst_init_refits, p.inst_init_c,
-                            p.inst_init_rows, np.random.default_rng(0))
+                            p.inst_init_rows, np.random.default_rng(0), start=p.inst_init_start)
         head = model.branches[scale].instance_head
         assert np.allclose(head.weight.detach().numpy()[0], w, atol=1e-4)
         assert float(head.bias.detach()) == pytest.approx(b, abs=1e-4)

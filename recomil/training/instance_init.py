@@ -24,6 +24,7 @@ from __future__ import annotations
 import math
 import sys
 from collections.abc import Callable
+from functools import partial
 
 import numpy as np
 import torch
@@ -40,8 +41,28 @@ def top_k(n: int, top_p: float) -> int:
     return min(n, max(1, math.floor(n * top_p)))
 
 
+def novelty(x: np.ndarray, reference: torch.Tensor, neighbours: int, chunk: int = 1024) -> np.ndarray:
+    """Each row's mean Euclidean distance to its ``neighbours`` nearest rows of ``reference``.
+
+    Args:
+        x: ``[N, D]`` float32 queries; reference: ``[M, D]`` float32 (on the device that computes).
+
+    Returns:
+        ``[N]`` float32: large for a patch unlike every patch of the reference (the negative slides).
+    """
+    k = min(neighbours, reference.shape[0])
+    ref_sq = (reference * reference).sum(1)
+    out = []
+    for i in range(0, len(x), chunk):
+        q = torch.from_numpy(np.ascontiguousarray(x[i:i + chunk])).to(reference.device)
+        d2 = (q * q).sum(1, keepdim=True) + ref_sq[None, :] - 2.0 * q @ reference.T
+        out.append(d2.topk(k, dim=1, largest=False).values.clamp_min(0).sqrt().mean(1).cpu().numpy())
+    return np.concatenate(out) if out else np.zeros(0, np.float32)
+
+
 def fit_misvm(bag: Callable[[int], np.ndarray], labels: np.ndarray, top_p: float, refits: int, c: float,
-              max_rows: int, rng: np.random.Generator) -> tuple[np.ndarray, float, list[float]]:
+              max_rows: int, rng: np.random.Generator, start: str = "novelty", neighbours: int = 5,
+              device: torch.device | str = "cpu") -> tuple[np.ndarray, float, list[float]]:
     """mi-SVM-style logistic regression of patches (module docstring).
 
     Args:
@@ -49,10 +70,14 @@ def fit_misvm(bag: Callable[[int], np.ndarray], labels: np.ndarray, top_p: float
             only the fit's rows are held in memory).
         labels: ``[J]`` slide labels (0 negative, 1 positive); both must occur.
         max_rows: at most this many patches per fit (each slide subsampled by the same share beyond).
+        start: how the first positives are chosen: ``novelty`` (each positive slide's top patches by
+            :func:`novelty` against the negative slides' patches) or ``bags`` (a fit of every patch with
+            its slide's label, then its top patches).
+        device: where the novelty's distances are computed.
 
     Returns:
         ``w`` ``[D]`` float32, the bias, and the training slides' AUC of their top patch's score after
-        each fit (``1 + refits`` values).
+        each fit (``refits`` values; one more, first, for the bag-label fit of ``start: bags``).
     """
     labels = np.asarray(labels)
     sizes = [len(bag(j)) for j in range(len(labels))]
@@ -61,26 +86,32 @@ def fit_misvm(bag: Callable[[int], np.ndarray], labels: np.ndarray, top_p: float
     for j in range(len(labels)):
         x = bag(j)
         picked.append(x if share >= 1.0 else x[rng.random(len(x)) < share])
+    negatives = np.concatenate([b for b, lab in zip(picked, labels) if lab == 0])
     history: list[float] = []
 
     def top_auc(clf: LogisticRegression) -> float:
         return float(roc_auc_score(labels, [clf.decision_function(bag(j)).max() for j in range(len(labels))]))
 
-    x = np.concatenate(picked)
-    y = np.concatenate([np.full(len(b), lab) for b, lab in zip(picked, labels)])
-    clf = LogisticRegression(C=c, max_iter=300).fit(x, y)
-    history.append(top_auc(clf))
-    negatives = np.concatenate([b for b, lab in zip(picked, labels) if lab == 0])
-    del x, y
+    if start == "bags":
+        x = np.concatenate(picked)
+        y = np.concatenate([np.full(len(b), lab) for b, lab in zip(picked, labels)])
+        clf = LogisticRegression(C=c, max_iter=300).fit(x, y)
+        history.append(top_auc(clf))
+        del x, y
+        score: Callable[[np.ndarray], np.ndarray] = clf.decision_function
+    else:
+        reference = torch.from_numpy(negatives).to(device)
+        score = partial(novelty, reference=reference, neighbours=neighbours)
     for _ in range(refits):
         positives = []
         for j in np.flatnonzero(labels == 1):
             b = bag(int(j))
-            positives.append(b[np.argsort(-clf.decision_function(b), kind="stable")[:top_k(len(b), top_p)]])
+            positives.append(b[np.argsort(-score(b), kind="stable")[:top_k(len(b), top_p)]])
         pos = np.concatenate(positives)
         clf = LogisticRegression(C=c, max_iter=300, class_weight="balanced").fit(
             np.concatenate([negatives, pos]), np.r_[np.zeros(len(negatives)), np.ones(len(pos))])
         history.append(top_auc(clf))
+        score = clf.decision_function
     return clf.coef_[0].astype(np.float32), float(clf.intercept_[0]), history
 
 
@@ -111,11 +142,12 @@ def init_instance_heads(model: nn.Module, train: BagSet, p: Params, seed: int, t
                 return norm(train.bag(j, device)[scale].float()).cpu().numpy()
 
         w, b, history = fit_misvm(bag, labels, p.inst_top_p, p.inst_init_refits, p.inst_init_c,
-                                  p.inst_init_rows, rng)
+                                  p.inst_init_rows, rng, start=p.inst_init_start, device=device)
         with torch.no_grad():
             head.weight.copy_(torch.from_numpy(w)[None, :])
             head.bias.fill_(b)
         out[scale] = history
-        log(f"train: {tag}: instance head ({scale}) fitted by mi-SVM on the {len(train)} training slides; "
+        log(f"train: {tag}: instance head ({scale}) fitted by mi-SVM on the {len(train)} training slides "
+            f"(start: {p.inst_init_start}); "
             "top-patch AUC on them after each fit: " + ", ".join(f"{a:.3f}" for a in history))
     return out
