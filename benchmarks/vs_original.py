@@ -137,6 +137,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     # session 17: the linear input head fitted in closed form before the first epoch (mi-SVM), in the log-odds
     "recomil-misvm": {"inst_on": "input", "instance_stream": True, "inst_init": "misvm"},
     "recomil-misvm-max": {"inst_on": "input", "instance_stream": True, "inst_init": "misvm", "stream_weight": 1.0},
+    "recomil-misvm-w75": {"inst_on": "input", "instance_stream": True, "inst_init": "misvm", "stream_weight": 0.75},
     # ... started from a fit of every patch with its slide's label, two refits (3283df6's only start)
     "recomil-misvm-bags": {"inst_on": "input", "instance_stream": True, "inst_init": "misvm",
                            "inst_init_start": "bags", "inst_init_refits": 2},
