@@ -322,10 +322,10 @@ def _validate(p: Params) -> None:
     if not (math.isfinite(p.inst_lr) and p.inst_lr >= 0):
         raise ConfigError(f"param 'inst_lr' must be 0 (the instance head trains with lr, clipped with the model) or a "
                           f"positive learning rate, got {p.inst_lr}")
-    if p.inst_init == "misvm" and (p.inst_on != "input" or p.lambda_inst <= 0):
+    if p.inst_init == "misvm" and (p.inst_on != "input" or p.lambda_inst <= 0 or p.model != "recomil"):
         raise ConfigError("param 'inst_init: misvm' fits the linear instance head on the input features: it needs "
-                          f"inst_on: input and lambda_inst > 0 (got inst_on: {p.inst_on}, lambda_inst: "
-                          f"{p.lambda_inst})")
+                          f"model: recomil, inst_on: input and lambda_inst > 0 (got model: {p.model}, inst_on: "
+                          f"{p.inst_on}, lambda_inst: {p.lambda_inst})")
     if p.inst_init_refits < (1 if p.inst_init_start == "novelty" else 0) or p.inst_init_rows < 1:
         raise ConfigError(f"params 'inst_init_refits' (>= 1 with inst_init_start: novelty, >= 0 with bags) and "
                           f"'inst_init_rows' (>= 1) got {p.inst_init_refits} and {p.inst_init_rows}")

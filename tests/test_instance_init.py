@@ -102,6 +102,8 @@ def test_inst_init_needs_a_linear_head_on_the_input():
         make_params({"inst_init": "misvm"})
     with pytest.raises(ConfigError, match="inst_init"):
         make_params({"inst_init": "svm"})
+    with pytest.raises(ConfigError, match="model: abmil"):
+        make_params({"inst_init": "misvm", "inst_on": "input", "model": "abmil"})
     with pytest.raises(ConfigError, match="inst_init_refits"):
         make_params({"inst_init": "misvm", "inst_on": "input", "inst_init_refits": 0})
     make_params({"inst_init": "misvm", "inst_on": "input", "inst_init_refits": 0, "inst_init_start": "bags"})

@@ -33,6 +33,7 @@ from sklearn.metrics import roc_auc_score
 from torch import nn
 
 from recomil.config import Params
+from recomil.data.errors import DataError
 from recomil.training.bags import BagSet
 
 
@@ -124,8 +125,8 @@ def init_instance_heads(model: nn.Module, train: BagSet, p: Params, seed: int, t
     log = log or (lambda line: print(line, file=sys.stderr, flush=True))
     labels = np.asarray(train.labels)
     if len(set(labels.tolist())) != 2 or set(labels.tolist()) != {0, 1}:
-        raise ValueError(f"inst_init: misvm needs negative (0) and positive (1) training slides; {tag} has labels "
-                         f"{sorted(set(labels.tolist()))}")
+        raise DataError(f"inst_init: misvm needs negative (0) and positive (1) training slides; {tag} has labels "
+                        f"{sorted(set(labels.tolist()))}")
     rng = np.random.default_rng(seed)
     out: dict[str, list[float]] = {}
     for scale, branch in model.branches.items():
