@@ -38,7 +38,7 @@ def _cohort(seed: int = 0, d: int = 12, slides: int = 24, tumour: int = 5):
 def test_misvm_from_bag_labels_refits_on_the_top_patches_of_positive_slides():
     bags, labels, truth = _cohort()
     w, b, history = fit_misvm(lambda j: bags[j], labels, top_p=0.03, refits=4, c=0.01, max_rows=10**6,
-                              rng=np.random.default_rng(0), start="bags")
+                              rng=np.random.default_rng(0), start="bags", calibrate=False)
     assert w.shape == (12,) and w.dtype == np.float32 and len(history) == 5
     assert abs(w[0]) / np.linalg.norm(w) > 0.9 and w[0] > 0  # the tumour direction
     assert history[-1] == 1.0
@@ -62,11 +62,13 @@ def test_misvm_from_bag_labels_refits_on_the_top_patches_of_positive_slides():
 
 def test_misvm_without_refits_is_the_bag_label_fit_and_a_row_cap_subsamples():
     bags, labels, _ = _cohort(1)
-    w0, b0, h0 = fit_misvm(lambda j: bags[j], labels, 0.03, 0, 0.01, 10**6, np.random.default_rng(0), start="bags")
+    w0, b0, h0 = fit_misvm(lambda j: bags[j], labels, 0.03, 0, 0.01, 10**6, np.random.default_rng(0), start="bags",
+                           calibrate=False)
     ref = LogisticRegression(C=0.01, max_iter=300).fit(
         np.concatenate(bags), np.concatenate([np.full(len(x), lab) for x, lab in zip(bags, labels)]))
     assert len(h0) == 1 and np.allclose(w0, ref.coef_[0], atol=1e-5)
-    w1, _, _ = fit_misvm(lambda j: bags[j], labels, 0.03, 0, 0.01, 500, np.random.default_rng(0), start="bags")
+    w1, _, _ = fit_misvm(lambda j: bags[j], labels, 0.03, 0, 0.01, 500, np.random.default_rng(0), start="bags",
+                         calibrate=False)
     assert not np.allclose(w1, w0, atol=1e-3)  # fewer rows: another fit
     assert top_k(50, 0.01) == 1 and top_k(250, 0.01) == 2 and top_k(3, 1.0) == 3
 
@@ -83,7 +85,8 @@ def test_novelty_is_the_mean_distance_to_the_nearest_negative_patches_and_starts
     d, _ = NearestNeighbors(n_neighbors=5).fit(neg).kneighbors(queries)
     assert np.allclose(got, d.mean(1), atol=1e-3)
     assert got[truth[1]].min() > np.median(got)  # tumour patches are unlike every negative patch
-    w, b, history = fit_misvm(lambda j: bags[j], labels, 0.03, 2, 0.01, 10**6, np.random.default_rng(0))
+    w, b, history = fit_misvm(lambda j: bags[j], labels, 0.03, 2, 0.01, 10**6, np.random.default_rng(0),
+                              calibrate=False)
     assert len(history) == 2  # no bag-label fit: the refits only
     pos = np.concatenate([x[np.argsort(-novelty(x, torch.from_numpy(neg), 5), kind="stable")[:top_k(len(x), 0.03)]]
                           for x, lab in zip(bags, labels) if lab])
@@ -95,6 +98,22 @@ def test_novelty_is_the_mean_distance_to_the_nearest_negative_patches_and_starts
         np.concatenate([neg, pos]), np.r_[np.zeros(len(neg)), np.ones(len(pos))])
     assert np.allclose(w, clf.coef_[0], atol=1e-5) and b == pytest.approx(float(clf.intercept_[0]), abs=1e-5)
     assert w[0] / np.linalg.norm(w) > 0.9 and history[-1] == 1.0
+
+
+def test_the_fit_is_platt_scaled_so_that_a_slides_top_patch_is_its_calibrated_log_odds():
+    bags, labels, _ = _cohort(3, tumour=2)
+    raw_w, raw_b, _ = fit_misvm(bags.__getitem__, labels, 0.03, 3, 0.01, 10**6, np.random.default_rng(0),
+                                calibrate=False)
+    w, b, _ = fit_misvm(bags.__getitem__, labels, 0.03, 3, 0.01, 10**6, np.random.default_rng(0))
+    a = float(w @ raw_w / (raw_w @ raw_w))
+    assert a > 0 and np.allclose(w, a * raw_w, rtol=1e-4, atol=1e-6)  # the patches' order is kept
+    tops = np.array([float((x @ w).max()) + b for x in bags])
+    # logistic regression with an unpenalised intercept: the mean slide probability is the positive share
+    assert float(torch.sigmoid(torch.from_numpy(tops)).mean()) == pytest.approx(labels.mean(), abs=1e-3)
+    assert (tops[labels == 1] > 0).mean() > 0.9 and (tops[labels == 0] < 0).mean() > 0.9
+    raw_tops = np.array([float((x @ raw_w).max()) + raw_b for x in bags])
+    # balanced refits: uncalibrated, most slides' top patch says tumour
+    assert float(torch.sigmoid(torch.from_numpy(raw_tops)).mean()) > labels.mean() + 0.2
 
 
 def test_inst_init_needs_a_linear_head_on_the_input():

@@ -4,19 +4,26 @@ Before the first epoch, each branch's linear patch classifier on the standardise
 by iterated logistic regression in the manner of mi-SVM (Andrews et al. 2002), on the fold's training
 slides only:
 
-1. every patch carries its slide's label: ``w_0 = argmin sum_i BCE(w . x_i + b, Y(slide(i))) + |w|^2 / (2 C)``;
-2. ``inst_init_refits`` times: the negatives are every patch of the negative slides, the positives the
-   ``k = max(1, floor(N * inst_top_p))`` patches of each positive slide that the current ``w`` scores
-   highest (the instance loss's own rule); refit with the two sides weighted equally (class-balanced).
+1. the first positives: each positive slide's ``k = max(1, floor(N * inst_top_p))`` patches least like
+   the negative slides' patches (``inst_init_start: novelty``: the largest mean distance to their 5
+   nearest negative patches), or the top k under a fit of every patch labelled with its slide's label
+   (``bags``: ``argmin sum_i BCE(w . x_i + b, Y(slide(i))) + |w|^2 / (2 C)``);
+2. ``inst_init_refits`` logistic regressions: every patch of the negative slides negative, the chosen
+   patches positive, both sides weighted equally; each refit's top k of every positive slide (the
+   instance loss's own rule) are the next positives;
+3. Platt scaling of the slides' top patch on the training slides (:func:`calibrate_top_patch`), so that
+   the instance stream starts from calibrated slide log-odds.
 
-The fit is L-BFGS logistic regression (scikit-learn), deterministic given the slides: a linear scorer
+The fits are L-BFGS logistic regressions (scikit-learn), deterministic given the slides: a linear scorer
 cannot memorise a few idiosyncratic patches per slide the way a head on deep tokens can, and it finds a
 small tumour's direction before the first optimiser step, whatever the training seed (on the
-development cohorts ``dev768-a..d`` the top patch of the refitted head ranks the test slides at AUC
-0.98-1.00 after one refit; ``benchmarks/recipe.md``). Training then continues from it.
+development cohorts the refitted head's top patch ranks the test slides at AUC 0.97-1.00 for
+``dev768-a..d`` and 0.94-0.98 for ``devrare-a/b``: ``benchmarks/recipe.md``). Training then continues from it.
 
-At most ``inst_init_rows`` patches enter a fit: beyond that, each slide contributes a random share of
-its patches (seeded), while the positives are still chosen among all of a positive slide's patches.
+At most ``inst_init_rows`` patches enter a fit (and the novelty's reference): beyond that each slide
+contributes a random share of its patches (seeded), while the positives are still chosen among all of
+a positive slide's patches. The novelty's distances are computed on the training device: on a CPU, a
+cohort of a million patches takes minutes there.
 """
 
 from __future__ import annotations
@@ -63,7 +70,7 @@ def novelty(x: np.ndarray, reference: torch.Tensor, neighbours: int, chunk: int 
 
 def fit_misvm(bag: Callable[[int], np.ndarray], labels: np.ndarray, top_p: float, refits: int, c: float,
               max_rows: int, rng: np.random.Generator, start: str = "novelty", neighbours: int = 5,
-              device: torch.device | str = "cpu") -> tuple[np.ndarray, float, list[float]]:
+              device: torch.device | str = "cpu", calibrate: bool = True) -> tuple[np.ndarray, float, list[float]]:
     """mi-SVM-style logistic regression of patches (module docstring).
 
     Args:
@@ -75,6 +82,8 @@ def fit_misvm(bag: Callable[[int], np.ndarray], labels: np.ndarray, top_p: float
             :func:`novelty` against the negative slides' patches) or ``bags`` (a fit of every patch with
             its slide's label, then its top patches).
         device: where the novelty's distances are computed.
+        calibrate: scale the last fit so that a slide's top patch logit is its calibrated log-odds
+            (:func:`calibrate_top_patch`, on the training slides).
 
     Returns:
         ``w`` ``[D]`` float32, the bias, and the training slides' AUC of their top patch's score after
@@ -113,7 +122,25 @@ def fit_misvm(bag: Callable[[int], np.ndarray], labels: np.ndarray, top_p: float
             np.concatenate([negatives, pos]), np.r_[np.zeros(len(negatives)), np.ones(len(pos))])
         history.append(top_auc(clf))
         score = clf.decision_function
-    return clf.coef_[0].astype(np.float32), float(clf.intercept_[0]), history
+    w, b = clf.coef_[0].astype(np.float64), float(clf.intercept_[0])
+    if calibrate:
+        tops = np.array([float((bag(j) @ w).max()) + b for j in range(len(labels))])
+        w, b = calibrate_top_patch(w, b, tops, labels)
+    return w.astype(np.float32), float(b), history
+
+
+def calibrate_top_patch(w: np.ndarray, b: float, tops: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, float]:
+    """Platt scaling of the slides' top patch: ``a, c`` of a logistic regression of the slide labels on
+    ``tops`` ``t_j = max_i (w . x_ji + b)`` (``[J]``; ``C`` 1); returns ``(a w, a b + c)``, whose top patch
+    logit ``a t_j + c``
+    is the slide's calibrated log-odds. The patches' order is unchanged (``a`` > 0; with ``a`` <= 0 the
+    fit is returned as it is). A class-balanced fit puts every slide's top patch above 0: uncalibrated,
+    the instance stream would start by calling every slide positive."""
+    platt = LogisticRegression(C=1.0).fit(np.asarray(tops, dtype=np.float64)[:, None], labels)
+    a, c = float(platt.coef_[0, 0]), float(platt.intercept_[0])
+    if a <= 0:
+        return w, b
+    return a * w, a * b + c
 
 
 def init_instance_heads(model: nn.Module, train: BagSet, p: Params, seed: int, tag: str,
