@@ -29,7 +29,7 @@ OPTIMIZERS = ("adam", "adamw")
 SAMPLERS = ("shuffle", "balanced")
 INST_ON = ("tokens", "input")
 INST_INITS = ("none", "misvm")
-INST_INIT_STARTS = ("novelty", "bags")
+INST_INIT_STARTS = ("auto", "novelty", "bags")
 BAG_BATCHING = ("auto", "padded", "accumulate")
 DEVICE_FEATURES = ("auto", "on", "off")
 ENSEMBLE_PROTOS = ("shared", "resample")
@@ -189,7 +189,8 @@ class Params:
     inst_on: str = "tokens"
     inst_lr: float = 0.0
     inst_init: str = "none"
-    inst_init_start: str = "novelty"
+    inst_init_start: str = "auto"
+    inst_init_folds: int = 3
     inst_init_refits: int = 6
     inst_init_c: float = 0.01
     inst_init_rows: int = 100000
@@ -326,9 +327,12 @@ def _validate(p: Params) -> None:
         raise ConfigError("param 'inst_init: misvm' fits the linear instance head on the input features: it needs "
                           f"model: recomil, inst_on: input and lambda_inst > 0 (got model: {p.model}, inst_on: "
                           f"{p.inst_on}, lambda_inst: {p.lambda_inst})")
-    if p.inst_init_refits < (1 if p.inst_init_start == "novelty" else 0) or p.inst_init_rows < 1:
-        raise ConfigError(f"params 'inst_init_refits' (>= 1 with inst_init_start: novelty, >= 0 with bags) and "
-                          f"'inst_init_rows' (>= 1) got {p.inst_init_refits} and {p.inst_init_rows}")
+    if p.inst_init_refits < (0 if p.inst_init_start == "bags" else 1) or p.inst_init_rows < 1:
+        raise ConfigError(f"params 'inst_init_refits' (>= 1 with inst_init_start: novelty or auto, >= 0 with bags) "
+                          f"and 'inst_init_rows' (>= 1) got {p.inst_init_refits} and {p.inst_init_rows}")
+    if p.inst_init_folds < 0 or p.inst_init_folds == 1 or (p.inst_init_start == "auto" and p.inst_init_folds < 2):
+        raise ConfigError(f"param 'inst_init_folds' must be 0 (no cross-fitting) or at least 2 (at least 2 with "
+                          f"inst_init_start: auto), got {p.inst_init_folds}")
     if not (math.isfinite(p.inst_init_c) and p.inst_init_c > 0):
         raise ConfigError(f"param 'inst_init_c' must be a positive inverse L2 strength, got {p.inst_init_c}")
     if not 0.0 < p.inst_top_p <= 1.0:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 
 import numpy as np
 import pytest
@@ -136,7 +137,8 @@ def test_training_starts_from_the_misvm_fit_of_the_training_slides(project, tiny
     from recomil.training.bags import BagSet
     from recomil.training.trainer import model_params
 
-    p = dataclasses.replace(tiny_params, inst_on="input", inst_init="misvm", instance_stream=True, epochs=1)
+    p = dataclasses.replace(tiny_params, inst_on="input", inst_init="misvm", instance_stream=True, epochs=1,
+                            inst_init_start="bags", inst_init_folds=0)
     prepare_demo(p)
     store = FeatureStore(paths.STORE)
     split = json.loads(paths.SPLIT.read_text())["folds"][0]
@@ -159,5 +161,43 @@ def test_training_starts_from_the_misvm_fit_of_the_training_slides(project, tiny
         assert float(head.bias.detach()) == pytest.approx(b, abs=1e-4)
     train_stage.run_train(p, progress=False)
     err = capsys.readouterr().err
-    assert f"instance head (high) fitted by mi-SVM on the {len(split['train'])} training slides" in err
+    assert f"instance head (high) fitted by mi-SVM on the {len(split['train'])} training slides (start: bags)" in err
     assert "instance head (low)" in err
+    # auto: per scale, the start whose cross-fitted fits rank the held-out training slides best
+    train_stage.run_train(dataclasses.replace(p, inst_init_start="auto", inst_init_folds=3), progress=False)
+    lines = [ln for ln in capsys.readouterr().err.splitlines() if "fitted by mi-SVM" in ln]
+    assert len(lines) == 2
+    for line in lines:
+        found = re.search(r"start: (\w+), cross-fitted top-patch AUC \(3 folds\): novelty ([0-9.]+), "
+                          r"bags ([0-9.]+)", line)
+        assert found, line
+        aucs = {"novelty": float(found[2]), "bags": float(found[3])}
+        assert found[1] == max(aucs, key=lambda k: (aucs[k], k == "novelty"))
+
+
+def test_cross_fitting_scores_each_slide_by_a_fit_that_never_saw_it_and_calibrates_a_memorised_fit_flat():
+    """Pure noise, more dimensions than a positive slide's top patches: every fit ranks its own slides
+    perfectly, the cross-fitted scores rank them at chance, and the head calibrated on them is nearly flat."""
+    from sklearn.metrics import roc_auc_score
+    from sklearn.model_selection import StratifiedKFold
+
+    from recomil.training.instance_init import calibrate_top_patch, cross_fitted_tops
+
+    rng = np.random.default_rng(5)
+    bags = [rng.normal(size=(int(rng.integers(20, 40)), 64)).astype(np.float32) for _ in range(30)]
+    labels = np.array([j % 2 for j in range(30)])
+    fit = dict(top_p=0.05, refits=2, c=1.0, max_rows=10**6, start="bags")
+    w, b, history = fit_misvm(bags.__getitem__, labels, rng=np.random.default_rng(0), calibrate=False, **fit)
+    assert history[-1] > 0.95  # memorised
+    tops = cross_fitted_tops(bags.__getitem__, labels, 3, 11, **fit)
+    expected = np.zeros(30)
+    for k, (rest, part) in enumerate(StratifiedKFold(3, shuffle=True, random_state=11).split(np.zeros(30), labels)):
+        wk, bk, _ = fit_misvm(lambda j, rest=rest: bags[rest[j]], labels[rest], rng=np.random.default_rng(11 + k),
+                              calibrate=False, **fit)
+        expected[part] = [float((bags[j] @ wk).max()) + bk for j in part]
+    assert np.allclose(tops, expected, atol=1e-5)
+    assert roc_auc_score(labels, tops) < 0.75
+    cal_w, _ = calibrate_top_patch(w.astype(np.float64), b, tops, labels)
+    own_w, _ = calibrate_top_patch(w.astype(np.float64), b,
+                                   np.array([float((x @ w).max()) + b for x in bags]), labels)
+    assert np.linalg.norm(cal_w) < 0.3 * np.linalg.norm(own_w)

@@ -32,11 +32,13 @@ import math
 import sys
 from collections.abc import Callable
 from functools import partial
+from typing import Any
 
 import numpy as np
 import torch
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
+from sklearn.model_selection import StratifiedKFold
 from torch import nn
 
 from recomil.config import Params
@@ -133,14 +135,33 @@ def calibrate_top_patch(w: np.ndarray, b: float, tops: np.ndarray, labels: np.nd
     """Platt scaling of the slides' top patch: ``a, c`` of a logistic regression of the slide labels on
     ``tops`` ``t_j = max_i (w . x_ji + b)`` (``[J]``; ``C`` 1); returns ``(a w, a b + c)``, whose top patch
     logit ``a t_j + c``
-    is the slide's calibrated log-odds. The patches' order is unchanged (``a`` > 0; with ``a`` <= 0 the
-    fit is returned as it is). A class-balanced fit puts every slide's top patch above 0: uncalibrated,
-    the instance stream would start by calling every slide positive."""
+    is the slide's calibrated log-odds. The patches' order is unchanged (``a`` > 0); ``a`` <= 0 (the
+    scores do not rank the slides) gives ``w = 0`` and the prior log-odds. A class-balanced fit puts
+    every slide's top patch above 0: uncalibrated, the instance stream would start by calling every
+    slide positive. ``tops`` may come from other fits than ``w`` (cross-fitting:
+    :func:`cross_fitted_tops`), as scikit-learn's ``CalibratedClassifierCV(ensemble=False)`` does."""
     platt = LogisticRegression(C=1.0).fit(np.asarray(tops, dtype=np.float64)[:, None], labels)
     a, c = float(platt.coef_[0, 0]), float(platt.intercept_[0])
     if a <= 0:
-        return w, b
+        prior = float(np.mean(labels))
+        return np.zeros_like(w), math.log(prior / (1 - prior))
     return a * w, a * b + c
+
+
+def cross_fitted_tops(bag: Callable[[int], np.ndarray], labels: np.ndarray, folds: int, seed: int,
+                      **fit: Any) -> np.ndarray:
+    """Out-of-fold top-patch logits ``[J]``: the training slides in ``folds`` stratified parts; each
+    part's slides scored (``max_i w . x_i + b``) by :func:`fit_misvm` (uncalibrated) fitted on the
+    other parts. An estimate of how the fit ranks slides it has not seen: a fit that memorised its
+    positives ranks its own slides perfectly and these at chance."""
+    labels = np.asarray(labels)
+    out = np.zeros(len(labels))
+    parts = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
+    for k, (rest, part) in enumerate(parts.split(np.zeros(len(labels)), labels)):
+        w, b, _ = fit_misvm(lambda j, rest=rest: bag(int(rest[j])), labels[rest], calibrate=False,
+                            rng=np.random.default_rng(seed + k), **fit)
+        out[part] = [float((bag(int(j)) @ w).max()) + b for j in part]
+    return out
 
 
 def init_instance_heads(model: nn.Module, train: BagSet, p: Params, seed: int, tag: str,
@@ -169,13 +190,31 @@ def init_instance_heads(model: nn.Module, train: BagSet, p: Params, seed: int, t
             with torch.no_grad():
                 return norm(train.bag(j, device)[scale].float()).cpu().numpy()
 
-        w, b, history = fit_misvm(bag, labels, p.inst_top_p, p.inst_init_refits, p.inst_init_c,
-                                  p.inst_init_rows, rng, start=p.inst_init_start, device=device)
+        fit = dict(top_p=p.inst_top_p, refits=p.inst_init_refits, c=p.inst_init_c, max_rows=p.inst_init_rows,
+                   device=device)
+        starts = ("novelty", "bags") if p.inst_init_start == "auto" else (p.inst_init_start,)
+        folds = min(p.inst_init_folds, int(np.bincount(labels).min()))
+        cv: dict[str, np.ndarray] = {}
+        if folds >= 2:
+            for start in starts:
+                cv[start] = cross_fitted_tops(bag, labels, folds, seed, start=start, **fit)
+        elif p.inst_init_folds >= 2:
+            log(f"note: train: {tag}: {int(np.bincount(labels).min())} training slide(s) in the smaller class: "
+                f"no cross-fitting; the instance head's start is {starts[0]}, calibrated on the slides it was "
+                f"fitted on")
+        cv_auc = {s: float(roc_auc_score(labels, t)) for s, t in cv.items()}
+        start = max(starts, key=lambda s: cv_auc.get(s, 0.0))  # ties: the first (novelty)
+        w, b, history = fit_misvm(bag, labels, rng=rng, start=start, calibrate=start not in cv, **fit)
+        if start in cv:  # calibrated on how the fit ranks slides it has not seen
+            w, b = calibrate_top_patch(w.astype(np.float64), b, cv[start], labels)
+            w = w.astype(np.float32)
         with torch.no_grad():
             head.weight.copy_(torch.from_numpy(w)[None, :])
-            head.bias.fill_(b)
+            head.bias.fill_(float(b))
         out[scale] = history
+        chosen = (", cross-fitted top-patch AUC (" + f"{folds} folds): "
+                  + ", ".join(f"{s} {a:.3f}" for s, a in cv_auc.items())) if cv else ""
         log(f"train: {tag}: instance head ({scale}) fitted by mi-SVM on the {len(train)} training slides "
-            f"(start: {p.inst_init_start}); "
-            "top-patch AUC on them after each fit: " + ", ".join(f"{a:.3f}" for a in history))
+            f"(start: {start}{chosen}); top-patch AUC on them after each fit: "
+            + ", ".join(f"{a:.3f}" for a in history))
     return out
