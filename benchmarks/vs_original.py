@@ -76,7 +76,12 @@ ORIGINAL: dict[str, Any] = {
     "select_after_warmup": False,       # every epoch may be selected, warm-up included
     "amp": "off",                       # float32 training (the original's --fp16 is off by default)
     "lambda_inst": 0.0,                 # no instance-level loss
+    "instance_stream": False,           # the attention head's prediction alone
+    "inst_init": "none",
 }
+#: the defaults of sessions 15-16 (issue #31 before inst_init): the instance-level loss on a head over the patch
+#: tokens, the attention head's prediction alone
+TOKENS: dict[str, Any] = {"inst_on": "tokens", "instance_stream": False, "inst_init": "none", "stream_weight": 0.5}
 
 #: Slide-like cohorts (demo generator settings). One at CTransPath width; the others narrower so
 #: that the whole grid fits a few hours of a 2-core machine.
@@ -126,25 +131,29 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "recomil-ens3-kmeans": {"ensemble": 3, "ensemble_protos": "resample"},
     "recomil-ens5": {"ensemble": 5},              # five models per fold; every member's test predictions kept
     "recomil-ens10": {"ensemble": 10},            # ten: members 5-9 trained, 0-4 taken from recomil-ens5 (GROWS)
-    "recomil-no-inst": {"lambda_inst": 0.0},     # no instance-level loss (the original's recipe)
-    "recomil-noclip": {"grad_clip": 0.0},        # no gradient-norm clipping
-    "recomil-stream": {"instance_stream": True},  # the instance head's top patch in the slide's log-odds (DSMIL)
+    "recomil-tokens": TOKENS,                     # the defaults before session 17 (records under "recomil" before)
+    "recomil-no-inst": {**TOKENS, "lambda_inst": 0.0},  # no instance-level loss (the original's recipe)
+    "recomil-noclip": {**TOKENS, "grad_clip": 0.0},        # no gradient-norm clipping
+    # the instance head's top patch in the slide's log-odds (DSMIL)
+    "recomil-stream": {**TOKENS, "instance_stream": True},
     # a linear instance head on the standardised features, its top patch in the slide's log-odds
-    "recomil-linear-stream": {"inst_on": "input", "instance_stream": True},
-    "recomil-linear-lr": {"inst_on": "input", "instance_stream": True, "inst_lr": 1e-3},
+    "recomil-linear-stream": {**TOKENS, "inst_on": "input", "instance_stream": True},
+    "recomil-linear-lr": {**TOKENS, "inst_on": "input", "instance_stream": True, "inst_lr": 1e-3},
     # the slide's log-odds the linear head's top patch alone (mi-SVM with max pooling, the attention head unused)
-    "recomil-linear-max": {"inst_on": "input", "instance_stream": True, "inst_lr": 1e-3, "stream_weight": 1.0},
+    "recomil-linear-max": {**TOKENS, "inst_on": "input", "instance_stream": True, "inst_lr": 1e-3,
+                           "stream_weight": 1.0},
     # session 17: the linear input head fitted in closed form before the first epoch (mi-SVM), in the log-odds
-    "recomil-misvm": {"inst_on": "input", "instance_stream": True, "inst_init": "misvm"},
+    # (the defaults since session 17 are recomil-misvm-max's)
+    "recomil-misvm": {"inst_on": "input", "instance_stream": True, "inst_init": "misvm", "stream_weight": 0.5},
     "recomil-misvm-max": {"inst_on": "input", "instance_stream": True, "inst_init": "misvm", "stream_weight": 1.0},
     "recomil-misvm-w75": {"inst_on": "input", "instance_stream": True, "inst_init": "misvm", "stream_weight": 0.75},
     # ... started from a fit of every patch with its slide's label, two refits (3283df6's only start)
     "recomil-misvm-bags": {"inst_on": "input", "instance_stream": True, "inst_init": "misvm",
-                           "inst_init_start": "bags", "inst_init_refits": 2},
+                           "inst_init_start": "bags", "inst_init_refits": 2, "stream_weight": 0.5},
     "recomil-misvm-bags-max": {"inst_on": "input", "instance_stream": True, "inst_init": "misvm",
                                "inst_init_start": "bags", "inst_init_refits": 2, "stream_weight": 1.0},
-    "recomil-b16": {"bags_per_step": 16},         # 16 bags per step (padded on a GPU: issue #33)
-    "recomil-b16-lr": {"bags_per_step": 16, "lr": 4e-4},  # the same, learning rate x sqrt(16)
+    "recomil-b16": {**TOKENS, "bags_per_step": 16},         # 16 bags per step (padded on a GPU: issue #33)
+    "recomil-b16-lr": {**TOKENS, "bags_per_step": 16, "lr": 4e-4},  # the same, learning rate x sqrt(16)
     "recomil-bf16": {"amp": "bf16"},              # bf16 autocast whatever the bag size (amp: auto's choice on a
                                                   # bf16 CPU before it kept float32 for bags under 256 patches)
 }

@@ -184,11 +184,11 @@ class Params:
     instance_dropout: float = 0.0
     lambda_inst: float = 1.0
     inst_top_p: float = 0.01
-    instance_stream: bool = False
-    stream_weight: float = 0.5
-    inst_on: str = "tokens"
+    instance_stream: bool = True
+    stream_weight: float = 1.0
+    inst_on: str = "input"
     inst_lr: float = 0.0
-    inst_init: str = "none"
+    inst_init: str = "misvm"
     inst_init_start: str = "auto"
     inst_init_folds: int = 3
     inst_init_refits: int = 6
@@ -311,9 +311,6 @@ def _validate(p: Params) -> None:
         raise ConfigError(f"param 'folds' must be 0 (the dataset's own split) or at least 2, got {p.folds}")
     if not (math.isfinite(p.lambda_inst) and p.lambda_inst >= 0):
         raise ConfigError(f"param 'lambda_inst' must be 0 (off) or a positive weight, got {p.lambda_inst}")
-    if p.instance_stream and p.lambda_inst <= 0:
-        raise ConfigError("param 'instance_stream' needs the instance head that 'lambda_inst' > 0 trains "
-                          f"(lambda_inst is {p.lambda_inst})")
     if not 0.0 < p.stream_weight <= 1.0:
         raise ConfigError(f"param 'stream_weight' must lie in (0, 1] (the top patch's share of the slide's log-odds "
                           f"with instance_stream), got {p.stream_weight}")
@@ -323,10 +320,9 @@ def _validate(p: Params) -> None:
     if not (math.isfinite(p.inst_lr) and p.inst_lr >= 0):
         raise ConfigError(f"param 'inst_lr' must be 0 (the instance head trains with lr, clipped with the model) or a "
                           f"positive learning rate, got {p.inst_lr}")
-    if p.inst_init == "misvm" and (p.inst_on != "input" or p.lambda_inst <= 0 or p.model != "recomil"):
+    if p.inst_init == "misvm" and p.inst_on != "input" and p.model == "recomil":
         raise ConfigError("param 'inst_init: misvm' fits the linear instance head on the input features: it needs "
-                          f"model: recomil, inst_on: input and lambda_inst > 0 (got model: {p.model}, inst_on: "
-                          f"{p.inst_on}, lambda_inst: {p.lambda_inst})")
+                          f"inst_on: input (got inst_on: {p.inst_on}); set inst_init: none otherwise")
     if p.inst_init_refits < (0 if p.inst_init_start == "bags" else 1) or p.inst_init_rows < 1:
         raise ConfigError(f"params 'inst_init_refits' (>= 1 with inst_init_start: novelty or auto, >= 0 with bags) "
                           f"and 'inst_init_rows' (>= 1) got {p.inst_init_refits} and {p.inst_init_rows}")

@@ -112,7 +112,8 @@ def model_num_classes(model: MILClassifier) -> int:
 
 
 #: keys added after checkpoints were first written whose later default may differ from "off"
-_ADDED_OFF = {"lambda_inst": 0.0, "instance_stream": False, "inst_on": "tokens"}
+_ADDED_OFF = {"lambda_inst": 0.0, "instance_stream": False, "inst_on": "tokens", "stream_weight": 0.5,
+              "inst_init": "none"}
 
 
 def load_model(path: str | Path, device: torch.device | str = "cpu") -> tuple[MILClassifier, Params, list[str]]:

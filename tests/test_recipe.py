@@ -116,7 +116,8 @@ def test_a_collapsing_run_is_named_in_the_log_the_summary_and_the_curves(project
     validation slide ends predicted as one class; the warning names the fold and epochs, the summary
     keeps them, and the per-epoch log and PNG carry the diagnostics."""
     p = dataclasses.replace(tiny_params, epochs=8, warmup_epochs=1, freeze_protos_epochs=1, lr=0.5,
-                            weight_decay=0.0, save_policy="last", val_split=0.5, label_smoothing=0.0)
+                            weight_decay=0.0, save_policy="last", val_split=0.5, label_smoothing=0.0,
+                            instance_stream=False, inst_on="tokens", inst_init="none")  # the recipe before #31
     prepare_demo(p)
     capsys.readouterr()
     summary = train_stage.run_train(p, progress=False)["folds"][0]
@@ -184,7 +185,8 @@ def test_lambda_inst_adds_the_instance_loss_to_training_and_is_refused_beyond_tw
 
     store = FeatureStore(paths.STORE)
     store.classes = ["a", "b", "c"]
-    with pytest.raises(DataError, match="lambda_inst is 0.5, but the instance-level loss needs two classes"):
+    with pytest.raises(DataError, match="lambda_inst is 0.5, instance_stream True, inst_init misvm, "
+                                             "but the instance-level parts need two classes"):
         trainer.train_fold(three, store, json.loads(paths.SPLIT.read_text())["folds"][0],
                            train_stage.load_prototypes(store.scales, 0), project / "m", project / "r.pt",
                            trainer.Tracker(None, mode="disabled", project="x", name="x", group="x", config={}))
@@ -194,9 +196,12 @@ def test_a_checkpoint_written_before_lambda_inst_existed_loads_without_an_instan
     from recomil.inference import load_model
     from recomil.model import build_model
 
-    p = dataclasses.replace(tiny_params, feat_dim_high=16, feat_dim_low=None, lambda_inst=0.0)
+    p = dataclasses.replace(tiny_params, feat_dim_high=16, feat_dim_low=None, lambda_inst=0.0, instance_stream=False,
+                            inst_init="none")
     model = build_model(p)  # a model of the time: no instance head
-    old = {k: v for k, v in p.to_dict().items() if k not in ("lambda_inst", "inst_top_p")}
+    later = ("lambda_inst", "inst_top_p", "instance_stream", "stream_weight", "inst_on", "inst_lr", "inst_init",
+             "inst_init_start", "inst_init_folds", "inst_init_refits", "inst_init_c", "inst_init_rows")
+    old = {k: v for k, v in p.to_dict().items() if k not in later}
     torch.save({"state_dict": model.state_dict(), "params": old, "classes": ["a", "b"]}, project / "old.pt")
     loaded, q, _ = load_model(project / "old.pt")
     assert q.lambda_inst == 0 and loaded.branches["high"].instance_head is None
@@ -205,10 +210,11 @@ def test_a_checkpoint_written_before_lambda_inst_existed_loads_without_an_instan
 def test_instance_stream_averages_the_heads_log_odds_with_the_top_patch_logit():
     from recomil.model import build_model
 
-    base = {"feat_dim_high": 8, "feat_dim_low": None, "num_protos_high": 16, "embed_dim_high": 16, "lambda_inst": 1.0}
+    base = {"feat_dim_high": 8, "feat_dim_low": None, "num_protos_high": 16, "embed_dim_high": 16, "lambda_inst": 1.0,
+            "inst_on": "tokens", "inst_init": "none", "stream_weight": 0.5}
     torch.manual_seed(0)
     two = build_model(make_params({**base, "instance_stream": True})).eval()
-    one = build_model(make_params(base)).eval()
+    one = build_model(make_params({**base, "instance_stream": False})).eval()
     one.load_state_dict(two.state_dict())
     x = torch.randn(30, 8)
     with torch.no_grad():
@@ -218,10 +224,9 @@ def test_instance_stream_averages_the_heads_log_odds_with_the_top_patch_logit():
     assert torch.equal(a["instance_logits_high"], b["instance_logits_high"])
     with pytest.raises(ValueError, match="instance_stream needs two classes"):
         build_model(make_params({**base, "instance_stream": True, "num_classes": 3}))
-    from recomil.config import ConfigError
-
-    with pytest.raises(ConfigError, match="instance_stream"):
-        make_params({"instance_stream": True, "lambda_inst": 0.0})
+    # without the instance-level loss the stream's head is trained by the slide loss alone
+    alone = build_model(make_params({**base, "instance_stream": True, "lambda_inst": 0.0}))
+    assert alone.branches["high"].instance_head is not None
 
 
 def test_an_instance_head_on_the_input_is_linear_in_the_standardised_features():
@@ -275,7 +280,7 @@ def test_stream_weight_mixes_the_top_patch_into_the_slides_log_odds(w):
     base = {"feat_dim_high": 8, "feat_dim_low": None, "num_protos_high": 16, "embed_dim_high": 16, "drop": 0.0,
             "inst_on": "input", "instance_stream": True}
     torch.manual_seed(0)
-    half = build_model(make_params(base)).eval()
+    half = build_model(make_params({**base, "stream_weight": 0.5})).eval()
     torch.manual_seed(0)
     mixed = build_model(make_params({**base, "stream_weight": w})).eval()
     x = torch.randn(30, 8)

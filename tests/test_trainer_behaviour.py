@@ -240,7 +240,7 @@ def test_a_tied_validation_score_goes_to_the_epoch_of_lower_validation_loss(demo
     then moves the selection on to the epoch whose validation cross-entropy is lowest, ``none``
     keeps the first epoch of the best score (the original)."""
     kw = dict(epochs=6, warmup_epochs=1, freeze_protos_epochs=1, patience=10, save_policy="val_acc", lr=1e-3,
-              select_after_warmup=False)
+              select_after_warmup=False, instance_stream=False, inst_on="tokens", inst_init="none")
     _, tied, rows, _, _ = _train(demo_project, "tie_loss", tie_break="val_loss", **kw)
     _, first, rows_first, _, _ = _train(demo_project, "tie_none", tie_break="none", **kw)
     assert [r["val_loss"] for r in rows] == [r["val_loss"] for r in rows_first]  # selection only

@@ -175,6 +175,7 @@ def init_instance_heads(model: nn.Module, train: BagSet, p: Params, seed: int, t
     if len(set(labels.tolist())) != 2 or set(labels.tolist()) != {0, 1}:
         raise DataError(f"inst_init: misvm needs negative (0) and positive (1) training slides; {tag} has labels "
                         f"{sorted(set(labels.tolist()))}")
+    seed = int(seed) % 2**31  # scikit-learn's random_state: below 2**32
     rng = np.random.default_rng(seed)
     out: dict[str, list[float]] = {}
     for scale, branch in model.branches.items():

@@ -169,11 +169,16 @@ def train_fold(p: Params, store: FeatureStore, split: dict[str, list[str]],
     _keep_bags_on_device(p.device_features, device, train, val, tag, main)
     torch.manual_seed(member_seed(p.seed, fold, member))
     recomil = mp.model == "recomil"
+    if recomil and (p.lambda_inst > 0 or p.instance_stream or p.inst_init != "none") and mp.num_classes != 2:
+        raise DataError(f"lambda_inst is {p.lambda_inst}, instance_stream {p.instance_stream}, inst_init "
+                        f"{p.inst_init}, but the instance-level parts need two classes (negative slides without "
+                        f"positive patches); this cohort has {mp.num_classes}: set lambda_inst: 0, instance_stream: "
+                        f"false, inst_init: none")
     model = build_model(mp, {s: torch.from_numpy(v["centres"]) for s, v in prototypes.items()} if recomil else None,
                         counts={s: torch.from_numpy(v["counts"]) for s, v in prototypes.items()} if recomil else None,
                         input_stats={s: (torch.from_numpy(v["mean"]), torch.from_numpy(v["std"]))
                                      for s, v in prototypes.items() if "mean" in v}).to(device)
-    if p.inst_init == "misvm":  # the linear instance heads start from a closed-form fit on the training slides
+    if p.inst_init == "misvm" and recomil:  # the linear instance heads start from a closed-form fit
         init_instance_heads(model, train, p, member_seed(p.seed, fold, member), tag,
                             log=None if main else (lambda line: None))
     opt = build_optimizer(model, p)
@@ -182,11 +187,9 @@ def train_fold(p: Params, store: FeatureStore, split: dict[str, list[str]],
     average = weight_average(model, p, len(step_groups(ddp.shard(np.arange(len(train)), rank, world), p.bags_per_step)))
     weight = class_weights(train.labels, mp.num_classes).to(device) if p.class_weight else None
     inst_scales = [s for s in mp.scales if getattr(model.branches[s], "instance_head", None) is not None]
-    if p.lambda_inst > 0 and mp.num_classes != 2:
-        raise DataError(f"lambda_inst is {p.lambda_inst}, but the instance-level loss needs two classes (negative "
-                        f"slides without positive patches); this cohort has {mp.num_classes}: set lambda_inst: 0")
     if p.lambda_inst > 0 and not inst_scales and main:
-        print(f"note: train: {tag}: model {mp.model} has no instance head; lambda_inst is not used", file=sys.stderr)
+        print(f"note: train: {tag}: model {mp.model} has no instance head; lambda_inst, instance_stream and "
+              f"inst_init are not used", file=sys.stderr)
     policy = p.save_policy
     snap_at = snapshot_epochs(p)
     if snap_at:  # no selection: every epoch is trained, the snapshot epochs' weights are kept

@@ -23,7 +23,7 @@ OPTIONS = [
     {"fusion": "confidence"},
     {"fusion": "fixed", "alpha_init": -1.0},
     {"feat_dim_low": None},
-    {"num_classes": 4},
+    {"num_classes": 4, "instance_stream": False},
     {"gate_at_eval": True, "outlier_top_p_high": 0.2, "outlier_alpha_high": 1.0},
     {"gate_at_eval": True, "gate_in_embed_high": True, "outlier_top_p_high": 0.2},
     {"model": "abmil"},

@@ -168,8 +168,10 @@ def reference_logits(model, params, xs, *, tau, gate_on, counts):
 
 
 # ----------------------------------------------------------------------------- the cases
+# the method of METHOD.md: the attention head's prediction (the instance stream, a default since issue #31, off)
 BASE = {"feat_dim_high": 12, "feat_dim_low": 10, "num_protos_high": 16, "num_protos_low": 8,
-        "embed_dim_high": 24, "embed_dim_low": 16, "drop": 0.0}
+        "embed_dim_high": 24, "embed_dim_low": 16, "drop": 0.0, "instance_stream": False, "inst_on": "tokens",
+        "inst_init": "none"}
 
 CASES = {
     "defaults": {},
