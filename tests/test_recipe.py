@@ -135,6 +135,21 @@ def test_a_collapsing_run_is_named_in_the_log_the_summary_and_the_curves(project
     assert png.is_file() and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_the_collapse_warning_stays_silent_on_the_defaults(project, tiny_params, capsys):
+    """A small cohort (24 slides, 18 to train on) at the defaults' recipe (the fitted linear instance head's
+    top patch as the slide's log-odds): no epoch predicts one class for every validation slide, and no
+    warning. (On 6 training slides, too few for the fit's cross-fitting, it does collapse.)"""
+    p = dataclasses.replace(tiny_params, epochs=8, warmup_epochs=1, freeze_protos_epochs=1, save_policy="last",
+                            demo_train_slides=24, val_split=0.25)
+    prepare_demo(p)
+    capsys.readouterr()
+    summary = train_stage.run_train(p, progress=False)["folds"][0]
+    err = capsys.readouterr().err
+    assert summary["collapsed_epochs"] == [] and "every validation slide predicted" not in err
+    log = pd.read_csv(paths.TRAIN_LOG / "fold_0.csv")
+    assert (log[["val_pred_normal", "val_pred_tumor"]].max(axis=1) < 1).all()
+
+
 def test_bags_per_step_takes_one_optimiser_step_per_group_of_bags(project, tiny_params):
     """With bags_per_step equal to the training set, an epoch is one step: its single gradient norm is
     both the mean and the max; with 1, the steps differ."""
