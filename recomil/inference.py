@@ -29,7 +29,8 @@ def predict_bags(model: MILClassifier, bags: Iterable[dict[str, torch.Tensor]],
         bags: iterable of ``{scale: [N_s, D_s] tensor}``.
 
     Returns:
-        ``probs`` ``[S, C]`` float64 and, per bag, ``{"attention_<scale>": [N_s], "gate_<scale>": ...}``.
+        ``probs`` ``[S, C]`` float64 and, per bag, ``{"attention_<scale>": [N_s], "evidence_<scale>": [N_s]
+        (:func:`patch_evidence`), "gate_<scale>": ...}``.
     """
     model.eval()
     probs, extras = [], []
@@ -38,8 +39,11 @@ def predict_bags(model: MILClassifier, bags: Iterable[dict[str, torch.Tensor]],
         with torch.autocast(device_type=device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
             out = model(bag["high"], bag.get("low"))
         probs.append(torch.softmax(out["logits"].float(), -1)[0].cpu().numpy())
-        extras.append({k: v.detach().float().cpu().numpy() for k, v in out.items()
-                       if k.startswith(("attention_", "gate_", "assignment_"))})
+        extra = {k: v.detach().float().cpu().numpy() for k, v in out.items()
+                 if k.startswith(("attention_", "gate_", "assignment_"))}
+        for s, branch in model.branches.items():  # what decides the slide: see patch_evidence
+            extra[f"evidence_{s}"] = patch_evidence(branch, out, s)
+        extras.append(extra)
     c = model_num_classes(model)
     return (np.stack(probs).astype(np.float64) if probs else np.zeros((0, c))), extras
 
@@ -98,11 +102,20 @@ def predict_members(models: list[MILClassifier], bags: Iterable[dict[str, torch.
         probs.append(np.mean([pr[0] for pr, _ in runs], axis=0))
         first = dict(runs[0][1][0])
         for key in first:
-            if key.startswith("attention_"):
+            if key.startswith(("attention_", "evidence_")):
                 first[key] = np.mean([ex[0][key] for _, ex in runs], axis=0)
         extras.append(first)
     c = model_num_classes(models[0])
     return (np.stack(probs).astype(np.float64) if probs else np.zeros((0, c))), extras
+
+
+def patch_evidence(branch: torch.nn.Module, out: dict[str, torch.Tensor], scale: str) -> np.ndarray:
+    """Each patch's share in the slide's prediction, ``[N]``: with the instance stream (``instance_stream``,
+    the default) the instance head's patch probability ``sigmoid(s_i)`` (its top patch is the slide's
+    log-odds), otherwise the attention weight. Heatmaps, top-patch galleries and ``loc_auc`` show this."""
+    if getattr(branch, "instance_stream", False) and f"instance_logits_{scale}" in out:
+        return torch.sigmoid(out[f"instance_logits_{scale}"].detach().float()).cpu().numpy()
+    return out[f"attention_{scale}"].detach().float().cpu().numpy()
 
 
 def model_num_classes(model: MILClassifier) -> int:

@@ -309,3 +309,22 @@ def test_stream_weight_mixes_the_top_patch_into_the_slides_log_odds(w):
 
     with pytest.raises(ConfigError, match="stream_weight"):
         make_params({"stream_weight": 0.0})
+
+
+def test_patch_evidence_is_the_instance_heads_probability_under_the_stream_else_the_attention():
+    """Heatmaps, galleries and loc_auc show what decides the slide: with the instance stream its patch
+    probability (whose top patch is the slide's log-odds), without it the attention weight."""
+    from recomil.inference import predict_bags
+    from recomil.model import build_model
+
+    base = {"feat_dim_high": 8, "feat_dim_low": None, "num_protos_high": 16, "embed_dim_high": 16, "drop": 0.0}
+    x = torch.randn(25, 8)
+    for stream in (True, False):
+        torch.manual_seed(0)
+        model = build_model(make_params({**base, "instance_stream": stream})).eval()
+        _, extras = predict_bags(model, [{"high": x}])
+        with torch.no_grad():
+            out = model(x)
+        want = torch.sigmoid(out["instance_logits_high"]) if stream else out["attention_high"]
+        assert np.allclose(extras[0]["evidence_high"], want.numpy(), atol=1e-6)
+        assert np.allclose(extras[0]["attention_high"], out["attention_high"].numpy(), atol=1e-6)

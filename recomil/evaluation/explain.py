@@ -58,17 +58,20 @@ def write_explanations(out_dir: Path, model: MILClassifier, bags: BagSet, extras
         i = bags.positions[j]
         feats = bags.bag(j)
         coords = {s: np.asarray(store.coords(i, s)) for s in bags.scales}
-        att = {s: extras[j][f"attention_{s}"] for s in bags.scales}
+        att = {s: extras[j][f"evidence_{s}"] for s in bags.scales}  # what decides the slide (patch_evidence)
+        attn = {s: extras[j][f"attention_{s}"] for s in bags.scales}
         rare_masks = {s: rare_mask(model, s, feats[s]) for s in bags.scales}
         for scale in bags.scales:
             c = coords[scale]
             order = np.argsort(-att[scale], kind="stable")[:topk]
             top_rows += [{"fold": fold, "slide_id": sid, "scale": scale, "rank": r, "patch_index": int(k),
-                          "attention": float(att[scale][k]), "x": float(c[k, 0]), "y": float(c[k, 1])}
+                          "evidence": float(att[scale][k]), "attention": float(attn[scale][k]),
+                          "x": float(c[k, 0]), "y": float(c[k, 1])}
                          for r, k in enumerate(order, 1)]
             rare = np.flatnonzero(rare_masks[scale])
             rare_rows += [{"fold": fold, "slide_id": sid, "scale": scale, "patch_index": int(k),
-                           "attention": float(att[scale][k]), "x": float(c[k, 0]), "y": float(c[k, 1])}
+                           "evidence": float(att[scale][k]), "attention": float(attn[scale][k]),
+                           "x": float(c[k, 0]), "y": float(c[k, 1])}
                           for k in rare]
             key = f"assignment_{scale}"
             if key in extras[j]:

@@ -125,7 +125,7 @@ def score_slides(model_path: str | Path, features: list[str | Path], features_lo
             size[scale] = patch_size_level0(b.attrs) or ((patch_size or {}).get(scale) or None)
         pr, extras = predict_members([m for m, _, _ in models], [bag])
         probs = pr[0]
-        att = {s: extras[0][f"attention_{s}"] for s in scales}
+        att = {s: extras[0][f"evidence_{s}"] for s in scales}  # what decides the slide (patch_evidence)
         if not np.isfinite(probs).all():
             raise DataError(f"slide {sid!r}: the model gave non-finite probabilities")
         rare = {s: rare_mask(models[0][0], s, bag[s]) for s in scales}
@@ -156,7 +156,7 @@ def predict_slides(model_path: str | Path, features: list[str | Path], features_
                 c = sc.coords[scale]
                 for rank, i in enumerate(np.argsort(-a, kind="stable")[:topk], 1):
                     rows.append({"slide_id": sc.slide_id, "scale": scale, "rank": rank, "patch_index": int(i),
-                                 "attention": float(a[i]), "x": None if c is None else float(c[i, 0]),
+                                 "evidence": float(a[i]), "x": None if c is None else float(c[i, 0]),
                                  "y": None if c is None else float(c[i, 1])})
         top = pd.DataFrame(rows)
     if slides_dir:

@@ -1,10 +1,12 @@
-"""Attention drawn over the whole-slide image, and a gallery of the patches a pathologist would look at.
+"""Patch evidence drawn over the whole-slide image, and a gallery of the patches a pathologist would look at.
 
-For one slide and each scale: the slide's thumbnail (read from its pyramid) with every patch's
-attention painted over the tissue at the patch's true position and size, coloured by its rank
-within the slide (a perceptual colour map, ``inferno``; the colour bar says "attention
-percentile"); and the top-k most attended patches, plus the patches the rarity gate boosts, cut
-from the slide at full resolution with their coordinates and attention.
+The evidence is what decides the slide (:func:`recomil.inference.patch_evidence`): the instance head's
+patch probability under the instance stream (the default), otherwise the attention weight; the field
+keeps its historical name ``attention``. For one slide and each scale: the slide's thumbnail (read
+from its pyramid) with every patch's evidence painted over the tissue at the patch's true position and
+size, coloured by its rank within the slide (a perceptual colour map, ``inferno``; the colour bar says
+"patch evidence percentile"); and the top-k patches, plus the patches the rarity gate boosts, cut
+from the slide at full resolution with their coordinates and evidence.
 
 Geometry: ``coords`` are level-0 top-left corners and ``patch_size`` the level-0 side of a patch
 (from the feature files' attributes or the ``patch_size_level0`` keys). A slide whose patches fall
@@ -162,7 +164,7 @@ def write_slide_views(out_dir: Path, slide: Slide, slide_id: str, views: dict[st
         ax.set_title(f"{scale} magnification ({len(views[scale].attention):,} patches)", fontsize=9)
         ax.set_axis_off()
     bar = fig.colorbar(ScalarMappable(Normalize(0, 100), CMAP), ax=list(axes), fraction=0.03)
-    bar.set_label("attention percentile within the slide (100 = most attended)")
+    bar.set_label("patch evidence percentile within the slide (100 = strongest)")
     fig.suptitle(title, fontsize=10)
     path = out_dir / f"{slide_id}_overlay.png"
     fig.savefig(path, bbox_inches="tight")
@@ -184,10 +186,10 @@ def _write_gallery(path: Path, crops: list[Crop], title: str, cols: int = 6) -> 
     for ax, c in zip(axes.ravel(), crops):
         ax.imshow(c.pixels)
         if c.rare:
-            label = f"rarity gate\n({c.x:.0f}, {c.y:.0f}) att {c.attention:.2e}"
+            label = f"rarity gate\n({c.x:.0f}, {c.y:.0f}) ev {c.attention:.2e}"
         else:
             rank += 1
-            label = f"#{rank} ({c.x:.0f}, {c.y:.0f})\natt {c.attention:.2e}"
+            label = f"#{rank} ({c.x:.0f}, {c.y:.0f})\nev {c.attention:.2e}"
         ax.set_title(label, fontsize=7, color="#a01010" if c.rare else "black")
     fig.suptitle(title + ": most attended patches" + (", then rarity-gated ones (red)" if any(c.rare for c in crops)
                                                        else ""), fontsize=9)

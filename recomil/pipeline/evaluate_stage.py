@@ -61,7 +61,8 @@ def run_evaluate(p: Params) -> dict[str, Any]:
     """Evaluate each fold's best model on its test slides; write metrics, predictions and plots.
 
     On the demo cohort, whose per-patch ground truth is known, ``loc_auc`` measures whether the
-    high-scale attention points at the tumour (``loc_auc_random``: the random-attention control).
+    high-scale patch evidence points at the tumour (the instance head's patch probability with
+    ``instance_stream``, else the attention; ``loc_auc_random``: the random-score control).
     """
     store = FeatureStore(paths.STORE)
     folds = load_split(paths.SPLIT)
@@ -82,7 +83,7 @@ def run_evaluate(p: Params) -> dict[str, Any]:
         if p.dataset == "demo":
             for sid, e, y in zip(split["test"], extras, test.labels):
                 if y == classes.index("tumor"):
-                    attentions.append(e["attention_high"])
+                    attentions.append(e["evidence_high"])
                     truths.append(load_ground_truth(paths.STORE / "ground_truth", sid))
         per_fold.append(m)
         df = pd.DataFrame({"fold": k, "slide_id": split["test"], "label": [classes[i] for i in test.labels]})
