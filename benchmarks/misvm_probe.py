@@ -47,6 +47,15 @@ def load(root: Path, scale: str = "high") -> tuple[list[np.ndarray], np.ndarray,
     return [(b - mu) / sd for b in tr], y, [(b - mu) / sd for b in te], ty
 
 
+def cohort_root(cohort: str, work: str) -> tuple[Path, Any]:
+    """The generated cohort's folder under ``work`` (written when absent) and its params."""
+    root = Path(work) / cohort
+    p = load_params(HERE.parent / "params.yaml", **COHORTS[cohort])
+    if not (root / "test_labels.csv").is_file():
+        make_demo(p, root)
+    return root, p
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--cohorts", nargs="+", default=["dev768-a", "dev768-b", "dev768-c", "dev768-d",
@@ -63,10 +72,7 @@ def main() -> None:
     out_path = HERE / "results" / ("misvm_probe.json" if args.scale == "high" else f"misvm_probe_{args.scale}.json")
     results = json.loads(out_path.read_text()) if out_path.is_file() else {}
     for cohort in args.cohorts:
-        root = Path(args.work) / cohort
-        p = load_params(HERE.parent / "params.yaml", **COHORTS[cohort])
-        if not (root / "test_labels.csv").is_file():
-            make_demo(p, root)
+        root, p = cohort_root(cohort, args.work)
         tr, y, te, ty = load(root, args.scale)
         row: dict[str, dict[str, float]] = {}
         for start in ("bags", "novelty"):
@@ -92,10 +98,7 @@ def auto(args: argparse.Namespace) -> None:
     out_path = HERE / "results" / "misvm_probe_auto.json"
     results = json.loads(out_path.read_text()) if out_path.is_file() else {}
     for cohort in args.cohorts:
-        root = Path(args.work) / cohort
-        p = load_params(HERE.parent / "params.yaml", **COHORTS[cohort])
-        if not (root / "test_labels.csv").is_file():
-            make_demo(p, root)
+        root, p = cohort_root(cohort, args.work)
         row: dict[str, Any] = {}
         logits = []
         for scale in ("high", "low"):
