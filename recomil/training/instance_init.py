@@ -72,7 +72,8 @@ def novelty(x: np.ndarray, reference: torch.Tensor, neighbours: int, chunk: int 
 
 def fit_misvm(bag: Callable[[int], np.ndarray], labels: np.ndarray, top_p: float, refits: int, c: float,
               max_rows: int, rng: np.random.Generator, start: str = "novelty", neighbours: int = 5,
-              device: torch.device | str = "cpu", calibrate: bool = True) -> tuple[np.ndarray, float, list[float]]:
+              device: torch.device | str = "cpu", calibrate: bool = True,
+              history: bool = True) -> tuple[np.ndarray, float, list[float]]:
     """mi-SVM-style logistic regression of patches (module docstring).
 
     Args:
@@ -86,6 +87,8 @@ def fit_misvm(bag: Callable[[int], np.ndarray], labels: np.ndarray, top_p: float
         device: where the novelty's distances are computed.
         calibrate: scale the last fit so that a slide's top patch logit is its calibrated log-odds
             (:func:`calibrate_top_patch`, on the training slides).
+        history: score every slide after each fit for the returned AUCs (a pass over the bags per fit;
+            cross-fitting, which discards them, turns it off and gets an empty list).
 
     Returns:
         ``w`` ``[D]`` float32, the bias, and the training slides' AUC of their top patch's score after
@@ -99,16 +102,18 @@ def fit_misvm(bag: Callable[[int], np.ndarray], labels: np.ndarray, top_p: float
         x = bag(j)
         picked.append(x if share >= 1.0 else x[rng.random(len(x)) < share])
     negatives = np.concatenate([b for b, lab in zip(picked, labels) if lab == 0])
-    history: list[float] = []
+    aucs: list[float] = []
 
-    def top_auc(clf: LogisticRegression) -> float:
-        return float(roc_auc_score(labels, [clf.decision_function(bag(j)).max() for j in range(len(labels))]))
+    def record(clf: LogisticRegression) -> None:
+        if history:
+            aucs.append(float(roc_auc_score(labels, [clf.decision_function(bag(j)).max()
+                                                     for j in range(len(labels))])))
 
     if start == "bags":
         x = np.concatenate(picked)
         y = np.concatenate([np.full(len(b), lab) for b, lab in zip(picked, labels)])
         clf = LogisticRegression(C=c, max_iter=300).fit(x, y)
-        history.append(top_auc(clf))
+        record(clf)
         del x, y
         score: Callable[[np.ndarray], np.ndarray] = clf.decision_function
     else:
@@ -122,13 +127,13 @@ def fit_misvm(bag: Callable[[int], np.ndarray], labels: np.ndarray, top_p: float
         pos = np.concatenate(positives)
         clf = LogisticRegression(C=c, max_iter=300, class_weight="balanced").fit(
             np.concatenate([negatives, pos]), np.r_[np.zeros(len(negatives)), np.ones(len(pos))])
-        history.append(top_auc(clf))
+        record(clf)
         score = clf.decision_function
     w, b = clf.coef_[0].astype(np.float64), float(clf.intercept_[0])
     if calibrate:
         tops = np.array([float((bag(j) @ w).max()) + b for j in range(len(labels))])
         w, b = calibrate_top_patch(w, b, tops, labels)
-    return w.astype(np.float32), float(b), history
+    return w.astype(np.float32), float(b), aucs
 
 
 def calibrate_top_patch(w: np.ndarray, b: float, tops: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, float]:
@@ -158,7 +163,7 @@ def cross_fitted_tops(bag: Callable[[int], np.ndarray], labels: np.ndarray, fold
     out = np.zeros(len(labels))
     parts = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
     for k, (rest, part) in enumerate(parts.split(np.zeros(len(labels)), labels)):
-        w, b, _ = fit_misvm(lambda j, rest=rest: bag(int(rest[j])), labels[rest], calibrate=False,
+        w, b, _ = fit_misvm(lambda j, rest=rest: bag(int(rest[j])), labels[rest], calibrate=False, history=False,
                             rng=np.random.default_rng(seed + k), **fit)
         out[part] = [float((bag(int(j)) @ w).max()) + b for j in part]
     return out
