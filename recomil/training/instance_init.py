@@ -73,7 +73,7 @@ def novelty(x: np.ndarray, reference: torch.Tensor, neighbours: int, chunk: int 
 def fit_misvm(bag: Callable[[int], np.ndarray], labels: np.ndarray, top_p: float, refits: int, c: float,
               max_rows: int, rng: np.random.Generator, start: str = "novelty", neighbours: int = 5,
               device: torch.device | str = "cpu", calibrate: bool = True,
-              history: bool = True) -> tuple[np.ndarray, float, list[float]]:
+              history: bool = True, sizes: np.ndarray | None = None) -> tuple[np.ndarray, float, list[float]]:
     """mi-SVM-style logistic regression of patches (module docstring).
 
     Args:
@@ -87,6 +87,7 @@ def fit_misvm(bag: Callable[[int], np.ndarray], labels: np.ndarray, top_p: float
         device: where the novelty's distances are computed.
         calibrate: scale the last fit so that a slide's top patch logit is its calibrated log-odds
             (:func:`calibrate_top_patch`, on the training slides).
+        sizes: ``[J]`` patches per slide when known (the store's), so the row cap needs no extra pass.
         history: score every slide after each fit for the returned AUCs (a pass over the bags per fit;
             cross-fitting, which discards them, turns it off and gets an empty list).
 
@@ -95,8 +96,8 @@ def fit_misvm(bag: Callable[[int], np.ndarray], labels: np.ndarray, top_p: float
         each fit (``refits`` values; one more, first, for the bag-label fit of ``start: bags``).
     """
     labels = np.asarray(labels)
-    sizes = [len(bag(j)) for j in range(len(labels))]
-    share = min(1.0, max_rows / max(sum(sizes), 1))
+    total = int(np.sum(sizes)) if sizes is not None else sum(len(bag(j)) for j in range(len(labels)))
+    share = min(1.0, max_rows / max(total, 1))
     picked = []
     for j in range(len(labels)):
         x = bag(j)
@@ -154,7 +155,7 @@ def calibrate_top_patch(w: np.ndarray, b: float, tops: np.ndarray, labels: np.nd
 
 
 def cross_fitted_tops(bag: Callable[[int], np.ndarray], labels: np.ndarray, folds: int, seed: int,
-                      **fit: Any) -> np.ndarray:
+                      sizes: np.ndarray | None = None, **fit: Any) -> np.ndarray:
     """Out-of-fold top-patch logits ``[J]``: the training slides in ``folds`` stratified parts; each
     part's slides scored (``max_i w . x_i + b``) by :func:`fit_misvm` (uncalibrated) fitted on the
     other parts. An estimate of how the fit ranks slides it has not seen: a fit that memorised its
@@ -164,7 +165,8 @@ def cross_fitted_tops(bag: Callable[[int], np.ndarray], labels: np.ndarray, fold
     parts = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
     for k, (rest, part) in enumerate(parts.split(np.zeros(len(labels)), labels)):
         w, b, _ = fit_misvm(lambda j, rest=rest: bag(int(rest[j])), labels[rest], calibrate=False, history=False,
-                            rng=np.random.default_rng(seed + k), **fit)
+                            rng=np.random.default_rng(seed + k),
+                            sizes=None if sizes is None else np.asarray(sizes)[rest], **fit)
         out[part] = [float((bag(int(j)) @ w).max()) + b for j in part]
     return out
 
@@ -197,7 +199,7 @@ def init_instance_heads(model: nn.Module, train: BagSet, p: Params, seed: int, t
                 return norm(train.bag(j, device)[scale].float()).cpu().numpy()
 
         fit = dict(top_p=p.inst_top_p, refits=p.inst_init_refits, c=p.inst_init_c, max_rows=p.inst_init_rows,
-                   device=device)
+                   device=device, sizes=np.asarray(train.store.sizes(scale))[train.positions])
         starts = ("novelty", "bags") if p.inst_init_start == "auto" else (p.inst_init_start,)
         folds = min(p.inst_init_folds, int(np.bincount(labels).min()))
         cv: dict[str, np.ndarray] = {}
