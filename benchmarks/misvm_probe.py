@@ -104,7 +104,7 @@ def auto(args: argparse.Namespace) -> None:
         for scale in ("high", "low"):
             tr, y, te, ty = load(root, scale)
             fit = dict(top_p=p.inst_top_p, refits=p.inst_init_refits, c=p.inst_init_c, max_rows=p.inst_init_rows)
-            cv = {s: cross_fitted_tops(tr.__getitem__, y, p.inst_init_folds, 0, start=s, **fit)
+            cv = {s: cross_fitted_tops(tr.__getitem__, y, p.inst_init_folds, 0, start=s, **fit)[0]
                   for s in ("novelty", "bags")}
             cv_auc = {s: float(roc_auc_score(y, t)) for s, t in cv.items()}
             start = max(cv_auc, key=lambda s: cv_auc[s])

@@ -101,6 +101,9 @@ COHORTS: dict[str, dict[str, Any]] = {
     # cohorts (301, 302, 303, 304), which never served to choose anything
     **{f"dev768-{t}": {**_C768, "demo_seed": 200 + k} for t, k in (("a", 1), ("b", 2), ("c", 6), ("d", 7))},
     **{f"devrare-{t}": {**_RARE, "demo_seed": 203 + k} for t, k in (("a", 1), ("b", 2))},
+    # session 18: more development cohorts (generator seeds 208-213) to find where the fitted head is weak
+    **{f"dev768-{t}": {**_C768, "demo_seed": s} for t, s in (("e", 208), ("f", 209), ("g", 210), ("h", 211))},
+    **{f"devrare-{t}": {**_RARE, "demo_seed": s} for t, s in (("c", 212), ("d", 213))},
     **{f"rep768-{k}": {**_C768, "demo_seed": 300 + k} for k in (1, 2)},
     **{f"reprare-{k}": {**_RARE, "demo_seed": 302 + k} for k in (1, 2)},
     # the classic MIL sets of --data-root, one fixed stratified train/test split each; the original

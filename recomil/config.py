@@ -30,6 +30,7 @@ SAMPLERS = ("shuffle", "balanced")
 INST_ON = ("tokens", "input")
 INST_INITS = ("none", "misvm")
 INST_INIT_STARTS = ("auto", "novelty", "bags")
+INST_INIT_HEADS = ("bagged", "full")
 BAG_BATCHING = ("auto", "padded", "accumulate")
 DEVICE_FEATURES = ("auto", "on", "off")
 ENSEMBLE_PROTOS = ("shared", "resample")
@@ -191,7 +192,8 @@ class Params:
     inst_init: str = "misvm"
     inst_init_start: str = "auto"
     inst_init_folds: int = 3
-    inst_init_refits: int = 6
+    inst_init_refits: int = 20
+    inst_init_head: str = "bagged"
     inst_init_c: float = 0.01
     inst_init_rows: int = 100000
     patience: int = 10
@@ -250,6 +252,7 @@ _CHOICES = {
     "inst_on": INST_ON,
     "inst_init": INST_INITS,
     "inst_init_start": INST_INIT_STARTS,
+    "inst_init_head": INST_INIT_HEADS,
     "bag_batching": BAG_BATCHING,
     "device_features": DEVICE_FEATURES,
     "wandb_mode": WANDB_MODES,

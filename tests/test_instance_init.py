@@ -127,16 +127,14 @@ def test_inst_init_needs_a_linear_head_on_the_input():
     make_params({"inst_init": "misvm", "inst_on": "input", "inst_init_refits": 0, "inst_init_start": "bags"})
 
 
-def test_training_starts_from_the_misvm_fit_of_the_training_slides(project, tiny_params, capsys):
-    """The heads hold the fit of the fold's training slides, standardised as the model sees them, before
-    the first step; the trainer says so and trains from there."""
+def _demo_model(p):
+    """The demo cohort prepared for ``p`` (ingest, split, prototypes) and a model built as the trainer
+    builds it: ``(model, the fold's training BagSet, the fold's split, the prototypes)``."""
     from recomil.data.store import FeatureStore
     from recomil.model import build_model
     from recomil.training.bags import BagSet
     from recomil.training.trainer import model_params
 
-    p = dataclasses.replace(tiny_params, inst_on="input", inst_init="misvm", instance_stream=True, epochs=1,
-                            inst_init_start="bags", inst_init_folds=0)
     prepare_demo(p)
     store = FeatureStore(paths.STORE)
     split = json.loads(paths.SPLIT.read_text())["folds"][0]
@@ -146,7 +144,15 @@ def test_training_starts_from_the_misvm_fit_of_the_training_slides(project, tiny
                         counts={s: torch.from_numpy(v["counts"]) for s, v in protos.items()},
                         input_stats={s: (torch.from_numpy(v["mean"]), torch.from_numpy(v["std"]))
                                      for s, v in protos.items()})
-    train = BagSet(store, split["train"], mp.scales)
+    return model, BagSet(store, split["train"], mp.scales), split, protos
+
+
+def test_training_starts_from_the_misvm_fit_of_the_training_slides(project, tiny_params, capsys):
+    """The heads hold the fit of the fold's training slides, standardised as the model sees them, before
+    the first step; the trainer says so and trains from there."""
+    p = dataclasses.replace(tiny_params, inst_on="input", inst_init="misvm", instance_stream=True, epochs=1,
+                            inst_init_start="bags", inst_init_folds=0)
+    model, train, split, protos = _demo_model(p)
     history = init_instance_heads(model, train, p, 0, "fold 0", log=lambda line: None)
     assert set(history) == {"high", "low"}
     for scale in ("high", "low"):
@@ -187,7 +193,7 @@ def test_cross_fitting_scores_each_slide_by_a_fit_that_never_saw_it_and_calibrat
     fit = dict(top_p=0.05, refits=2, c=1.0, max_rows=10**6, start="bags")
     w, b, history = fit_misvm(bags.__getitem__, labels, rng=np.random.default_rng(0), calibrate=False, **fit)
     assert history[-1] > 0.95  # memorised
-    tops = cross_fitted_tops(bags.__getitem__, labels, 3, 11, **fit)
+    tops, fits = cross_fitted_tops(bags.__getitem__, labels, 3, 11, **fit)
     expected = np.zeros(30)
     for k, (rest, part) in enumerate(StratifiedKFold(3, shuffle=True, random_state=11).split(np.zeros(30), labels)):
         wk, bk, _ = fit_misvm(lambda j, rest=rest: bags[rest[j]], labels[rest], rng=np.random.default_rng(11 + k),
@@ -199,3 +205,51 @@ def test_cross_fitting_scores_each_slide_by_a_fit_that_never_saw_it_and_calibrat
     own_w, _ = calibrate_top_patch(w.astype(np.float64), b,
                                    np.array([float((x @ w).max()) + b for x in bags]), labels)
     assert np.linalg.norm(cal_w) < 0.3 * np.linalg.norm(own_w)
+
+
+def test_refits_stop_when_the_chosen_patches_repeat_with_the_fit_they_would_reach():
+    """mi-SVM's rule: once a refit chooses the positives of the refit before, every later fit is that one:
+    the loop stops there, at most ``refits`` fits, and the head is the fixed point."""
+    bags, labels, _ = _cohort(4, tumour=3)
+    w, b, history = fit_misvm(bags.__getitem__, labels, 0.03, 30, 0.01, 10**6, np.random.default_rng(0),
+                              calibrate=False)
+    assert 1 <= len(history) < 30
+    neg = np.concatenate([x for x, lab in zip(bags, labels) if not lab])
+
+    def refit(score):
+        pos = np.concatenate([x[np.argsort(-score(x), kind="stable")[:top_k(len(x), 0.03)]]
+                              for x, lab in zip(bags, labels) if lab])
+        return LogisticRegression(C=0.01, max_iter=300, class_weight="balanced").fit(
+            np.concatenate([neg, pos]), np.r_[np.zeros(len(neg)), np.ones(len(pos))])
+
+    clf = refit(lambda x: x @ w + b)  # one more refit from the head changes nothing
+    assert np.allclose(clf.coef_[0], w, atol=1e-5) and float(clf.intercept_[0]) == pytest.approx(b, abs=1e-5)
+    short, _, h = fit_misvm(bags.__getitem__, labels, 0.03, 1, 0.01, 10**6, np.random.default_rng(0),
+                            calibrate=False)
+    assert len(h) == 1
+    if len(history) > 2:  # the loop did not stop after the first fit for no reason
+        assert not np.allclose(short, w, atol=1e-3)
+
+
+def test_the_bagged_head_is_the_mean_of_the_cross_fitting_folds_fits_calibrated_out_of_fold(project, tiny_params):
+    from recomil.training.instance_init import calibrate_top_patch, cross_fitted_tops
+
+    p = dataclasses.replace(tiny_params, inst_on="input", inst_init="misvm", instance_stream=True, epochs=1,
+                            inst_init_start="bags", inst_init_folds=3, inst_init_head="bagged")
+    model, train, _, protos = _demo_model(p)
+    lines: list[str] = []
+    init_instance_heads(model, train, p, 7, "fold 0", log=lines.append)
+    assert all("the mean of the 3 folds' fits" in ln for ln in lines) and len(lines) == 2
+    labels = np.asarray(train.labels)
+    for scale in ("high", "low"):
+        mean, std = protos[scale]["mean"], np.maximum(protos[scale]["std"], 1e-6)
+        bags = [(train.bag(j)[scale].numpy() - mean) / std for j in range(len(train))]
+        tops, fits = cross_fitted_tops(bags.__getitem__, labels, 3, 7, start="bags", top_p=p.inst_top_p,
+                                       refits=p.inst_init_refits, c=p.inst_init_c, max_rows=p.inst_init_rows)
+        assert len(fits) == 3
+        w = np.mean([fw for fw, _ in fits], axis=0)
+        b = float(np.mean([fb for _, fb in fits]))
+        w, b = calibrate_top_patch(w.astype(np.float64), b, tops, labels)
+        head = model.branches[scale].instance_head
+        assert np.allclose(head.weight.detach().numpy()[0], w, atol=1e-4)
+        assert float(head.bias.detach()) == pytest.approx(b, abs=1e-4)

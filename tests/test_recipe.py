@@ -215,7 +215,8 @@ def test_a_checkpoint_written_before_lambda_inst_existed_loads_without_an_instan
                             inst_init="none")
     model = build_model(p)  # a model of the time: no instance head
     later = ("lambda_inst", "inst_top_p", "instance_stream", "stream_weight", "inst_on", "inst_lr", "inst_init",
-             "inst_init_start", "inst_init_folds", "inst_init_refits", "inst_init_c", "inst_init_rows")
+             "inst_init_start", "inst_init_folds", "inst_init_refits", "inst_init_head", "inst_init_c",
+             "inst_init_rows")
     old = {k: v for k, v in p.to_dict().items() if k not in later}
     torch.save({"state_dict": model.state_dict(), "params": old, "classes": ["a", "b"]}, project / "old.pt")
     loaded, q, _ = load_model(project / "old.pt")

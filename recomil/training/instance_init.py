@@ -8,11 +8,15 @@ slides only:
    the negative slides' patches (``inst_init_start: novelty``: the largest mean distance to their 5
    nearest negative patches), or the top k under a fit of every patch labelled with its slide's label
    (``bags``: ``argmin sum_i BCE(w . x_i + b, Y(slide(i))) + |w|^2 / (2 C)``);
-2. ``inst_init_refits`` logistic regressions: every patch of the negative slides negative, the chosen
-   patches positive, both sides weighted equally; each refit's top k of every positive slide (the
-   instance loss's own rule) are the next positives;
-3. Platt scaling of the slides' top patch on the training slides (:func:`calibrate_top_patch`), so that
-   the instance stream starts from calibrated slide log-odds.
+2. logistic regressions until the positives stop changing (mi-SVM's rule), at most ``inst_init_refits``:
+   every patch of the negative slides negative, the chosen patches positive, both sides weighted
+   equally; each refit's top k of every positive slide (the instance loss's own rule) are the next
+   positives;
+3. with cross-fitting (``inst_init_folds`` >= 2; :func:`cross_fitted_tops`), ``inst_init_head: bagged``
+   takes the mean of the folds' fits (each on the other folds' slides) as the head, ``full`` one more fit
+   on every training slide;
+4. Platt scaling of the slides' top patch (:func:`calibrate_top_patch`; on the out-of-fold top patches
+   with cross-fitting), so that the instance stream starts from calibrated slide log-odds.
 
 The fits are L-BFGS logistic regressions (scikit-learn), deterministic given the slides: a linear scorer
 cannot memorise a few idiosyncratic patches per slide the way a head on deep tokens can, and it finds a
@@ -74,7 +78,8 @@ def fit_misvm(bag: Callable[[int], np.ndarray], labels: np.ndarray, top_p: float
               max_rows: int, rng: np.random.Generator, start: str = "novelty", neighbours: int = 5,
               device: torch.device | str = "cpu", calibrate: bool = True,
               history: bool = True, sizes: np.ndarray | None = None) -> tuple[np.ndarray, float, list[float]]:
-    """mi-SVM-style logistic regression of patches (module docstring).
+    """mi-SVM-style logistic regression of patches (module docstring): refits until the chosen positives
+    are those of the refit before, at most ``refits``.
 
     Args:
         bag: ``bag(j)`` -> slide j's standardised patch features ``[N_j, D]`` float32 (read when needed:
@@ -93,7 +98,8 @@ def fit_misvm(bag: Callable[[int], np.ndarray], labels: np.ndarray, top_p: float
 
     Returns:
         ``w`` ``[D]`` float32, the bias, and the training slides' AUC of their top patch's score after
-        each fit (``refits`` values; one more, first, for the bag-label fit of ``start: bags``).
+        each fit (one value per refit run, at most ``refits``; one more, first, for the bag-label fit of
+        ``start: bags``).
     """
     labels = np.asarray(labels)
     total = int(np.sum(sizes)) if sizes is not None else sum(len(bag(j)) for j in range(len(labels)))
@@ -120,11 +126,16 @@ def fit_misvm(bag: Callable[[int], np.ndarray], labels: np.ndarray, top_p: float
     else:
         reference = torch.from_numpy(negatives).to(device)
         score = partial(novelty, reference=reference, neighbours=neighbours)
+    chosen_before: list[np.ndarray] | None = None
     for _ in range(refits):
-        positives = []
+        positives, chosen = [], []
         for j in np.flatnonzero(labels == 1):
             b = bag(int(j))
-            positives.append(b[np.argsort(-score(b), kind="stable")[:top_k(len(b), top_p)]])
+            chosen.append(np.sort(np.argsort(-score(b), kind="stable")[:top_k(len(b), top_p)]))
+            positives.append(b[chosen[-1]])
+        if chosen_before is not None and all(np.array_equal(a, c) for a, c in zip(chosen, chosen_before)):
+            break  # converged: the next fit would be the last one again
+        chosen_before = chosen
         pos = np.concatenate(positives)
         clf = LogisticRegression(C=c, max_iter=300, class_weight="balanced").fit(
             np.concatenate([negatives, pos]), np.r_[np.zeros(len(negatives)), np.ones(len(pos))])
@@ -155,28 +166,37 @@ def calibrate_top_patch(w: np.ndarray, b: float, tops: np.ndarray, labels: np.nd
 
 
 def cross_fitted_tops(bag: Callable[[int], np.ndarray], labels: np.ndarray, folds: int, seed: int,
-                      sizes: np.ndarray | None = None, **fit: Any) -> np.ndarray:
+                      sizes: np.ndarray | None = None,
+                      **fit: Any) -> tuple[np.ndarray, list[tuple[np.ndarray, float]]]:
     """Out-of-fold top-patch logits ``[J]``: the training slides in ``folds`` stratified parts; each
     part's slides scored (``max_i w . x_i + b``) by :func:`fit_misvm` (uncalibrated) fitted on the
     other parts. An estimate of how the fit ranks slides it has not seen: a fit that memorised its
-    positives ranks its own slides perfectly and these at chance."""
+    positives ranks its own slides perfectly and these at chance.
+
+    Returns:
+        The out-of-fold logits and each part's fit ``(w [D] float32, b)`` (their mean is the bagged head)."""
     labels = np.asarray(labels)
     out = np.zeros(len(labels))
+    fits: list[tuple[np.ndarray, float]] = []
     parts = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
     for k, (rest, part) in enumerate(parts.split(np.zeros(len(labels)), labels)):
         w, b, _ = fit_misvm(lambda j, rest=rest: bag(int(rest[j])), labels[rest], calibrate=False, history=False,
                             rng=np.random.default_rng(seed + k),
                             sizes=None if sizes is None else np.asarray(sizes)[rest], **fit)
         out[part] = [float((bag(int(j)) @ w).max()) + b for j in part]
-    return out
+        fits.append((w, b))
+    return out, fits
 
 
 def init_instance_heads(model: nn.Module, train: BagSet, p: Params, seed: int, tag: str,
                         log: Callable[[str], None] | None = None) -> dict[str, list[float]]:
     """Fit each branch's linear input head (``inst_on: input``) by :func:`fit_misvm` on ``train``'s
-    slides, standardised as the model standardises them, and copy the fit into the head.
+    slides, standardised as the model standardises them, and copy the fit into the head: with
+    cross-fitting and ``inst_init_head: bagged`` the mean of the folds' fits, else one fit on every
+    training slide; calibrated on the out-of-fold top patches when there are some.
 
-    Returns, per scale, the training slides' top-patch AUC after each fit."""
+    Returns, per scale, the training slides' top-patch AUC after each fit of the full fit, or the
+    bagged head's alone."""
     log = log or (lambda line: print(line, file=sys.stderr, flush=True))
     labels = np.asarray(train.labels)
     if len(set(labels.tolist())) != 2 or set(labels.tolist()) != {0, 1}:
@@ -203,16 +223,22 @@ def init_instance_heads(model: nn.Module, train: BagSet, p: Params, seed: int, t
         starts = ("novelty", "bags") if p.inst_init_start == "auto" else (p.inst_init_start,)
         folds = min(p.inst_init_folds, int(np.bincount(labels).min()))
         cv: dict[str, np.ndarray] = {}
+        fold_fits: dict[str, list[tuple[np.ndarray, float]]] = {}
         if folds >= 2:
             for start in starts:
-                cv[start] = cross_fitted_tops(bag, labels, folds, seed, start=start, **fit)
+                cv[start], fold_fits[start] = cross_fitted_tops(bag, labels, folds, seed, start=start, **fit)
         elif p.inst_init_folds >= 2:
             log(f"note: train: {tag}: {int(np.bincount(labels).min())} training slide(s) in the smaller class: "
                 f"no cross-fitting; the instance head's start is {starts[0]}, calibrated on the slides it was "
                 f"fitted on")
         cv_auc = {s: float(roc_auc_score(labels, t)) for s, t in cv.items()}
         start = max(starts, key=lambda s: cv_auc.get(s, 0.0))  # ties: the first (novelty)
-        w, b, history = fit_misvm(bag, labels, rng=rng, start=start, calibrate=start not in cv, **fit)
+        if start in cv and p.inst_init_head == "bagged":  # the folds' fits averaged: no further fit
+            w = np.mean([fw for fw, _ in fold_fits[start]], axis=0)
+            b = float(np.mean([fb for _, fb in fold_fits[start]]))
+            history = [float(roc_auc_score(labels, [float((bag(j) @ w).max()) + b for j in range(len(labels))]))]
+        else:
+            w, b, history = fit_misvm(bag, labels, rng=rng, start=start, calibrate=start not in cv, **fit)
         if start in cv:  # calibrated on how the fit ranks slides it has not seen
             w, b = calibrate_top_patch(w.astype(np.float64), b, cv[start], labels)
             w = w.astype(np.float32)
@@ -222,7 +248,8 @@ def init_instance_heads(model: nn.Module, train: BagSet, p: Params, seed: int, t
         out[scale] = history
         chosen = (", cross-fitted top-patch AUC (" + f"{folds} folds): "
                   + ", ".join(f"{s} {a:.3f}" for s, a in cv_auc.items())) if cv else ""
+        what = (f"the mean of the {folds} folds' fits; top-patch AUC on the training slides: "
+                if start in cv and p.inst_init_head == "bagged" else "top-patch AUC on them after each fit: ")
         log(f"train: {tag}: instance head ({scale}) fitted by mi-SVM on the {len(train)} training slides "
-            f"(start: {start}{chosen}); top-patch AUC on them after each fit: "
-            + ", ".join(f"{a:.3f}" for a in history))
+            f"(start: {start}{chosen}); {what}" + ", ".join(f"{a:.3f}" for a in history))
     return out
