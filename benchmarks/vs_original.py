@@ -83,6 +83,9 @@ ORIGINAL: dict[str, Any] = {
 #: tokens, the attention head's prediction alone
 TOKENS: dict[str, Any] = {"inst_on": "tokens", "instance_stream": False, "inst_init": "none", "stream_weight": 0.5}
 
+#: the defaults of session 17 (fe50307): six refits from the chosen start, then one fit on every training slide
+S17: dict[str, Any] = {"inst_init_refits": 6, "inst_init_head": "full"}
+
 #: Slide-like cohorts (demo generator settings). One at CTransPath width; the others narrower so
 #: that the whole grid fits a few hours of a 2-core machine.
 _C128 = {"demo_feat_dim": 128, "demo_train_slides": 100, "demo_test_slides": 50, "demo_min_patches": 300,
@@ -135,6 +138,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "recomil-ens5": {"ensemble": 5},              # five models per fold; every member's test predictions kept
     "recomil-ens10": {"ensemble": 10},            # ten: members 5-9 trained, 0-4 taken from recomil-ens5 (GROWS)
     "recomil-tokens": TOKENS,                     # the defaults before session 17 (records under "recomil" before)
+    "recomil-s17": S17,                           # the defaults of session 17 (records under "recomil" before a9a2981)
     "recomil-no-inst": {**TOKENS, "lambda_inst": 0.0},  # no instance-level loss (the original's recipe)
     "recomil-noclip": {**TOKENS, "grad_clip": 0.0},        # no gradient-norm clipping
     # the instance head's top patch in the slide's log-odds (DSMIL)
