@@ -235,7 +235,7 @@ def test_the_bagged_head_is_the_mean_of_the_cross_fitting_folds_fits_calibrated_
     from recomil.training.instance_init import calibrate_top_patch, cross_fitted_tops
 
     p = dataclasses.replace(tiny_params, inst_on="input", inst_init="misvm", instance_stream=True, epochs=1,
-                            inst_init_start="bags", inst_init_folds=3, inst_init_head="bagged")
+                            inst_init_start="novelty", inst_init_folds=3, inst_init_head="bagged")
     model, train, _, protos = _demo_model(p)
     lines: list[str] = []
     init_instance_heads(model, train, p, 7, "fold 0", log=lines.append)
@@ -244,12 +244,15 @@ def test_the_bagged_head_is_the_mean_of_the_cross_fitting_folds_fits_calibrated_
     for scale in ("high", "low"):
         mean, std = protos[scale]["mean"], np.maximum(protos[scale]["std"], 1e-6)
         bags = [(train.bag(j)[scale].numpy() - mean) / std for j in range(len(train))]
-        tops, fits = cross_fitted_tops(bags.__getitem__, labels, 3, 7, start="bags", top_p=p.inst_top_p,
+        tops, fits = cross_fitted_tops(bags.__getitem__, labels, 3, 7, start="novelty", top_p=p.inst_top_p,
                                        refits=p.inst_init_refits, c=p.inst_init_c, max_rows=p.inst_init_rows)
         assert len(fits) == 3
         w = np.mean([fw for fw, _ in fits], axis=0)
         b = float(np.mean([fb for _, fb in fits]))
         w, b = calibrate_top_patch(w.astype(np.float64), b, tops, labels)
+        if scale == "high":  # the folds' fits rank the held-out slides: the calibrated head is not flat
+            assert np.linalg.norm(w) > 0.1
+            assert not np.allclose(fits[0][0], fits[1][0], atol=1e-3)  # and they differ: the mean is not any one
         head = model.branches[scale].instance_head
         assert np.allclose(head.weight.detach().numpy()[0], w, atol=1e-4)
         assert float(head.bias.detach()) == pytest.approx(b, abs=1e-4)
