@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import math
 import sys
+import time
 from collections.abc import Callable
 from functools import partial
 from typing import Any
@@ -206,6 +207,7 @@ def init_instance_heads(model: nn.Module, train: BagSet, p: Params, seed: int, t
     rng = np.random.default_rng(seed)
     out: dict[str, list[float]] = {}
     for scale, branch in model.branches.items():
+        started = time.perf_counter()
         head = getattr(branch, "instance_head", None)
         if head is None or getattr(branch, "inst_on", "tokens") != "input":
             raise ValueError(f"inst_init: misvm fits a linear head on the input features: set inst_on: input "
@@ -251,5 +253,6 @@ def init_instance_heads(model: nn.Module, train: BagSet, p: Params, seed: int, t
         what = (f"the mean of the {folds} folds' fits; top-patch AUC on the training slides: "
                 if start in cv and p.inst_init_head == "bagged" else "top-patch AUC on them after each fit: ")
         log(f"train: {tag}: instance head ({scale}) fitted by mi-SVM on the {len(train)} training slides "
-            f"(start: {start}{chosen}); {what}" + ", ".join(f"{a:.3f}" for a in history))
+            f"(start: {start}{chosen}); {what}" + ", ".join(f"{a:.3f}" for a in history)
+            + f" ({time.perf_counter() - started:.0f} s)")
     return out
