@@ -21,8 +21,8 @@ slides only:
 The fits are L-BFGS logistic regressions (scikit-learn), deterministic given the slides: a linear scorer
 cannot memorise a few idiosyncratic patches per slide the way a head on deep tokens can, and it finds a
 small tumour's direction before the first optimiser step, whatever the training seed (on the
-development cohorts the refitted head's top patch ranks the test slides at AUC 0.97-1.00 for
-``dev768-a..d`` and 0.94-0.98 for ``devrare-a/b``: ``benchmarks/recipe.md``). Training then continues from it.
+development cohorts the model right after the fit ranks the test slides at AUC 0.91-1.00, the fold's
+validation slides held out: ``benchmarks/recipe.md``, session 18). Training then continues from it.
 
 At most ``inst_init_rows`` patches enter a fit (and the novelty's reference): beyond that each slide
 contributes a random share of its patches (seeded), while the positives are still chosen among all of
