@@ -235,7 +235,8 @@ def init_instance_heads(model: nn.Module, train: BagSet, p: Params, seed: int, t
                 f"fitted on")
         cv_auc = {s: float(roc_auc_score(labels, t)) for s, t in cv.items()}
         start = max(starts, key=lambda s: cv_auc.get(s, 0.0))  # ties: the first (novelty)
-        if start in cv and p.inst_init_head == "bagged":  # the folds' fits averaged: no further fit
+        bagged = start in cv and p.inst_init_head == "bagged"
+        if bagged:  # the folds' fits averaged: no further fit
             w = np.mean([fw for fw, _ in fold_fits[start]], axis=0)
             b = float(np.mean([fb for _, fb in fold_fits[start]]))
             history = [float(roc_auc_score(labels, [float((bag(j) @ w).max()) + b for j in range(len(labels))]))]
@@ -251,7 +252,7 @@ def init_instance_heads(model: nn.Module, train: BagSet, p: Params, seed: int, t
         chosen = (", cross-fitted top-patch AUC (" + f"{folds} folds): "
                   + ", ".join(f"{s} {a:.3f}" for s, a in cv_auc.items())) if cv else ""
         what = (f"the mean of the {folds} folds' fits; top-patch AUC on the training slides: "
-                if start in cv and p.inst_init_head == "bagged" else "top-patch AUC on them after each fit: ")
+                if bagged else "top-patch AUC on them after each fit: ")
         log(f"train: {tag}: instance head ({scale}) fitted by mi-SVM on the {len(train)} training slides "
             f"(start: {start}{chosen}); {what}" + ", ".join(f"{a:.3f}" for a in history)
             + f" ({time.perf_counter() - started:.0f} s)")
