@@ -33,7 +33,7 @@ import vs_original as vs  # noqa: E402
 
 from recomil.config import make_params  # noqa: E402
 from recomil.data.store import FeatureStore  # noqa: E402
-from recomil.model import build_model  # noqa: E402
+from recomil.model.factory import build_model_from_prototypes  # noqa: E402
 from recomil.pipeline import data_stages, paths, prototypes_stage  # noqa: E402
 from recomil.pipeline.train_stage import load_prototypes  # noqa: E402
 from recomil.training.bags import BagSet  # noqa: E402
@@ -82,10 +82,7 @@ def epoch0(unit: Path, overrides: dict[str, Any]) -> dict[str, Any]:
         mp = model_params(p, store)
         protos = load_prototypes(mp.scales, 0, paths.PROTOTYPES, None)
         torch.manual_seed(member_seed(p.seed, 0, 0))
-        model = build_model(mp, {s: torch.from_numpy(v["centres"]) for s, v in protos.items()},
-                            counts={s: torch.from_numpy(v["counts"]) for s, v in protos.items()},
-                            input_stats={s: (torch.from_numpy(v["mean"]), torch.from_numpy(v["std"]))
-                                         for s, v in protos.items()})
+        model = build_model_from_prototypes(mp, protos)
         lines: list[str] = []
         init_instance_heads(model, BagSet(store, split["train"], mp.scales), p, member_seed(p.seed, 0, 0),
                             "fold 0", log=lines.append)

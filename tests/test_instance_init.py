@@ -131,7 +131,7 @@ def _demo_model(p):
     """The demo cohort prepared for ``p`` (ingest, split, prototypes) and a model built as the trainer
     builds it: ``(model, the fold's training BagSet, the fold's split, the prototypes)``."""
     from recomil.data.store import FeatureStore
-    from recomil.model import build_model
+    from recomil.model.factory import build_model_from_prototypes
     from recomil.training.bags import BagSet
     from recomil.training.trainer import model_params
 
@@ -140,10 +140,7 @@ def _demo_model(p):
     split = json.loads(paths.SPLIT.read_text())["folds"][0]
     protos = train_stage.load_prototypes(store.scales, 0)
     mp = model_params(p, store)
-    model = build_model(mp, {s: torch.from_numpy(v["centres"]) for s, v in protos.items()},
-                        counts={s: torch.from_numpy(v["counts"]) for s, v in protos.items()},
-                        input_stats={s: (torch.from_numpy(v["mean"]), torch.from_numpy(v["std"]))
-                                     for s, v in protos.items()})
+    model = build_model_from_prototypes(mp, protos)
     return model, BagSet(store, split["train"], mp.scales), split, protos
 
 

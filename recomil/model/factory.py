@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -61,3 +63,18 @@ def build_model(params: dict[str, Any] | Params, prototypes: dict[str, torch.Ten
     for name, (mean, std) in (input_stats or {}).items():
         model.input_norm[name].set_stats(torch.as_tensor(mean), torch.as_tensor(std))
     return model
+
+
+def build_model_from_prototypes(params: dict[str, Any] | Params,
+                                prototypes: Mapping[str, Mapping[str, np.ndarray]]) -> MILClassifier:
+    """``build_model`` from the prototypes stage's arrays for one fold, as the trainer builds it.
+
+    Args:
+        params: as for :func:`build_model`.
+        prototypes: scale name -> ``{"centres": [K, D], "counts": [K]}`` and, where the features are
+            standardised, ``"mean": [D]`` and ``"std": [D]`` (``load_prototypes``' return value).
+    """
+    return build_model(params, {s: torch.from_numpy(v["centres"]) for s, v in prototypes.items()},
+                       counts={s: torch.from_numpy(v["counts"]) for s, v in prototypes.items()},
+                       input_stats={s: (torch.from_numpy(v["mean"]), torch.from_numpy(v["std"]))
+                                    for s, v in prototypes.items() if "mean" in v})

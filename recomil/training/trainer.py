@@ -45,6 +45,7 @@ from recomil.data.store import FeatureStore
 from recomil.inference import predict_probs
 from recomil.metrics import auc_score
 from recomil.model import build_model
+from recomil.model.factory import build_model_from_prototypes
 from recomil.model.mil import MILClassifier
 from recomil.training import distributed as ddp
 from recomil.training.averaging import ema_decay, sync_buffers, weight_average  # noqa: F401 (re-exported)
@@ -174,10 +175,9 @@ def train_fold(p: Params, store: FeatureStore, split: dict[str, list[str]],
                         f"{p.inst_init}, but the instance-level parts need two classes (negative slides without "
                         f"positive patches); this cohort has {mp.num_classes}: set lambda_inst: 0, instance_stream: "
                         f"false, inst_init: none")
-    model = build_model(mp, {s: torch.from_numpy(v["centres"]) for s, v in prototypes.items()} if recomil else None,
-                        counts={s: torch.from_numpy(v["counts"]) for s, v in prototypes.items()} if recomil else None,
-                        input_stats={s: (torch.from_numpy(v["mean"]), torch.from_numpy(v["std"]))
-                                     for s, v in prototypes.items() if "mean" in v}).to(device)
+    model = (build_model_from_prototypes(mp, prototypes) if recomil else
+             build_model(mp, input_stats={s: (torch.from_numpy(v["mean"]), torch.from_numpy(v["std"]))
+                                          for s, v in prototypes.items() if "mean" in v})).to(device)
     if p.inst_init == "misvm" and recomil:  # the linear instance heads start from a closed-form fit
         init_instance_heads(model, train, p, member_seed(p.seed, fold, member), tag,
                             log=None if main else (lambda line: None))
