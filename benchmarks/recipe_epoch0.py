@@ -3,7 +3,7 @@ fitted instance heads rank the test slides before training, for several fits.
 
     python benchmarks/recipe_epoch0.py --cohorts devrare-a devrare-b --work /tmp/recomil-epoch0
 
-Per cohort of ``vs_original.py`` (generated under ``--work``) and training seed (``--seed``, 1): the
+Per cohort of ``vs_original.py`` (generated under ``--work``) and training seed (``--seeds``, 1): the
 ingest, split and prototypes stages as ``vs_original.py``'s units run them (fold 0, its validation
 slides held out), the model built and its heads fitted exactly as the trainer does
 (:func:`recomil.training.instance_init.init_instance_heads`), then the test slides' fused log-odds and
@@ -109,18 +109,20 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--cohorts", nargs="+", default=["devrare-a", "devrare-b", "devrare-c", "devrare-d",
                                                       "dev768-a", "dev768-c"])
-    ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--seeds", nargs="+", type=int, default=[1], help="training seeds (split, fit, weights)")
+    ap.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS))
     ap.add_argument("--work", type=Path, default=Path("/tmp/recomil-epoch0"))
     args = ap.parse_args()
     results = json.loads(OUT.read_text()) if OUT.is_file() else {}
-    for cohort in args.cohorts:
-        unit = prepare(cohort, args.seed, args.work)
-        row = results.setdefault(f"{cohort}/seed{args.seed}", {})
-        for name, overrides in VARIANTS.items():
-            row[name] = epoch0(unit, overrides)
-            print(cohort, name, {k: v for k, v in row[name].items() if k != "log"}, flush=True)
-            OUT.parent.mkdir(parents=True, exist_ok=True)
-            OUT.write_text(json.dumps(results, indent=1) + "\n")
+    for seed in args.seeds:
+        for cohort in args.cohorts:
+            unit = prepare(cohort, seed, args.work)
+            row = results.setdefault(f"{cohort}/seed{seed}", {})
+            for name in args.variants:
+                row[name] = epoch0(unit, VARIANTS[name])
+                print(cohort, seed, name, {k: v for k, v in row[name].items() if k != "log"}, flush=True)
+                OUT.parent.mkdir(parents=True, exist_ok=True)
+                OUT.write_text(json.dumps(results, indent=1) + "\n")
     print("\n| cohort, seed | " + " | ".join(VARIANTS) + " |")
     print("|" + " --- |" * (1 + len(VARIANTS)))
     for key, row in results.items():

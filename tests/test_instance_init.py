@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import re
 
 import numpy as np
@@ -229,14 +230,15 @@ def test_refits_stop_when_the_chosen_patches_repeat_with_the_fit_they_would_reac
 
 
 def test_the_bagged_head_is_the_mean_of_the_cross_fitting_folds_fits_calibrated_out_of_fold(project, tiny_params):
-    from recomil.training.instance_init import calibrate_top_patch, cross_fitted_tops
+    from recomil.training.instance_init import calibrate_top_patch, cross_fitted_tops, no_better_than_chance
 
     p = dataclasses.replace(tiny_params, inst_on="input", inst_init="misvm", instance_stream=True, epochs=1,
                             inst_init_start="novelty", inst_init_folds=3, inst_init_head="bagged")
     model, train, _, protos = _demo_model(p)
     lines: list[str] = []
     init_instance_heads(model, train, p, 7, "fold 0", log=lines.append)
-    assert all("the mean of the 3 folds' fits" in ln for ln in lines) and len(lines) == 2
+    fitted = [ln for ln in lines if ln.startswith("train:")]
+    assert all("the mean of the 3 folds' fits" in ln for ln in fitted) and len(fitted) == 2
     labels = np.asarray(train.labels)
     for scale in ("high", "low"):
         mean, std = protos[scale]["mean"], np.maximum(protos[scale]["std"], 1e-6)
@@ -244,6 +246,9 @@ def test_the_bagged_head_is_the_mean_of_the_cross_fitting_folds_fits_calibrated_
         tops, fits = cross_fitted_tops(bags.__getitem__, labels, 3, 7, start="novelty", top_p=p.inst_top_p,
                                        refits=p.inst_init_refits, c=p.inst_init_c, max_rows=p.inst_init_rows)
         assert len(fits) == 3
+        # a warning line for the scale exactly when its out-of-fold tops rank no better than chance
+        warned = [ln for ln in lines if ln.startswith("warning:") and f"fit ({scale})" in ln]
+        assert len(warned) == int(no_better_than_chance(tops, labels)[0])
         w = np.mean([fw for fw, _ in fits], axis=0)
         b = float(np.mean([fb for _, fb in fits]))
         w, b = calibrate_top_patch(w.astype(np.float64), b, tops, labels)
@@ -253,3 +258,36 @@ def test_the_bagged_head_is_the_mean_of_the_cross_fitting_folds_fits_calibrated_
         head = model.branches[scale].instance_head
         assert np.allclose(head.weight.detach().numpy()[0], w, atol=1e-4)
         assert float(head.bias.detach()) == pytest.approx(b, abs=1e-4)
+
+
+def test_a_fit_that_ranks_unseen_slides_no_better_than_chance_is_said():
+    """The one-sided Mann-Whitney U test on the out-of-fold top patches: positives above negatives."""
+    from recomil.training.instance_init import no_better_than_chance
+
+    # U = 5 of 6 pairs (AUC 0.833); exactly, P(U >= 5) = 2 / C(5, 2) = 0.2 under chance: not distinguishable
+    chance, auc, p = no_better_than_chance(np.array([3.0, 2.0, 1.0, 0.0, 2.5]), np.array([1, 1, 0, 0, 0]))
+    assert chance and auc == pytest.approx(5 / 6) and p == pytest.approx(0.2)
+    labels = np.repeat([1, 0], 10)
+    chance, auc, p = no_better_than_chance(np.r_[np.arange(10, 20), np.arange(10)], labels)
+    # beyond 8 slides a class, the normal approximation with continuity correction (scipy's 'auto')
+    z = (100 - 50 - 0.5) / math.sqrt(10 * 10 * 21 / 12)
+    assert not chance and auc == 1.0 and p == pytest.approx(0.5 * math.erfc(z / math.sqrt(2)))
+    chance, auc, p = no_better_than_chance(np.r_[np.arange(10), np.arange(10, 20)], labels)  # reversed
+    assert chance and auc == 0.0 and p > 0.999
+    # the level: a 5-of-5 against 4 ranking has p = 1 / C(9, 4) = 0.0079; with level 0.005 it is "chance"
+    assert not no_better_than_chance(np.r_[5:10, 0:4], np.r_[[1] * 5, [0] * 4])[0]
+    assert no_better_than_chance(np.r_[5:10, 0:4], np.r_[[1] * 5, [0] * 4], level=0.005)[0]
+
+
+def test_the_trainer_warns_when_the_fit_finds_no_signal_on_unseen_slides(project, tiny_params):
+    """With the slide labels swapped, the fit looks for patches that only tumour-free slides hold: none
+    exist, the out-of-fold ranking is at or below chance, and the training log says so per scale."""
+    p = dataclasses.replace(tiny_params, inst_on="input", inst_init="misvm", instance_stream=True, epochs=1,
+                            inst_init_start="novelty", inst_init_folds=3, inst_init_head="bagged")
+    model, train, _, _ = _demo_model(p)
+    train.labels = 1 - np.asarray(train.labels)
+    lines: list[str] = []
+    init_instance_heads(model, train, p, 7, "fold 0", log=lines.append)
+    warned = [ln for ln in lines if ln.startswith("warning: train: fold 0: the instance head's fit (")]
+    assert {ln.split("fit (")[1].split(")")[0] for ln in warned} == {"high", "low"}, lines
+    assert all("no better than chance" in ln and "Mann-Whitney p = " in ln for ln in warned)

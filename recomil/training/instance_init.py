@@ -41,6 +41,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from scipy.stats import mannwhitneyu
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
 from sklearn.model_selection import StratifiedKFold
@@ -189,6 +190,16 @@ def cross_fitted_tops(bag: Callable[[int], np.ndarray], labels: np.ndarray, fold
     return out, fits
 
 
+def no_better_than_chance(scores: np.ndarray, labels: np.ndarray, level: float = 0.05) -> tuple[bool, float, float]:
+    """Whether out-of-fold slide scores (``[J]``) rank the positive slides above the negative ones no
+    better than chance: ``(verdict, AUC, p)`` with ``p`` the one-sided Mann-Whitney U test's p-value
+    (positives' scores greater; ties shared) and the verdict ``p > level``. With 54 slides (22
+    positive) an AUC below about 0.66 is not distinguishable from chance at 0.05."""
+    scores, labels = np.asarray(scores, dtype=np.float64), np.asarray(labels)
+    p = float(mannwhitneyu(scores[labels == 1], scores[labels == 0], alternative="greater").pvalue)
+    return p > level, float(roc_auc_score(labels, scores)), p
+
+
 def init_instance_heads(model: nn.Module, train: BagSet, p: Params, seed: int, tag: str,
                         log: Callable[[str], None] | None = None) -> dict[str, list[float]]:
     """Fit each branch's linear input head (``inst_on: input``) by :func:`fit_misvm` on ``train``'s
@@ -245,6 +256,13 @@ def init_instance_heads(model: nn.Module, train: BagSet, p: Params, seed: int, t
         if start in cv:  # calibrated on how the fit ranks slides it has not seen
             w, b = calibrate_top_patch(w.astype(np.float64), b, cv[start], labels)
             w = w.astype(np.float32)
+        if start in cv:
+            chance, auc, pval = no_better_than_chance(cv[start], labels)
+            if chance:  # said, not hidden: the start is kept (it is what the fit found) but may carry nothing
+                log(f"warning: train: {tag}: the instance head's fit ({scale}) ranks the training slides it was "
+                    f"not fitted on no better than chance (cross-fitted top-patch AUC {auc:.3f}, one-sided "
+                    f"Mann-Whitney p = {pval:.2f}, {len(labels)} slides): at this scale the fitted start may "
+                    f"carry no tumour signal, and the model then learns from the slide labels alone")
         with torch.no_grad():
             head.weight.copy_(torch.from_numpy(w)[None, :])
             head.bias.fill_(float(b))
