@@ -112,8 +112,10 @@ def main() -> None:
     ap.add_argument("--seeds", nargs="+", type=int, default=[1], help="training seeds (split, fit, weights)")
     ap.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS))
     ap.add_argument("--work", type=Path, default=Path("/tmp/recomil-epoch0"))
+    ap.add_argument("--out", type=Path, default=OUT, help="results file (held-out cohorts: keep them apart)")
     args = ap.parse_args()
-    results = json.loads(OUT.read_text()) if OUT.is_file() else {}
+    out = args.out
+    results = json.loads(out.read_text()) if out.is_file() else {}
     for seed in args.seeds:
         for cohort in args.cohorts:
             unit = prepare(cohort, seed, args.work)
@@ -121,8 +123,8 @@ def main() -> None:
             for name in args.variants:
                 row[name] = epoch0(unit, VARIANTS[name])
                 print(cohort, seed, name, {k: v for k, v in row[name].items() if k != "log"}, flush=True)
-                OUT.parent.mkdir(parents=True, exist_ok=True)
-                OUT.write_text(json.dumps(results, indent=1) + "\n")
+                out.parent.mkdir(parents=True, exist_ok=True)
+                out.write_text(json.dumps(results, indent=1) + "\n")
     print("\n| cohort, seed | " + " | ".join(VARIANTS) + " |")
     print("|" + " --- |" * (1 + len(VARIANTS)))
     for key, row in results.items():

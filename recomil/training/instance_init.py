@@ -19,10 +19,12 @@ slides only:
    with cross-fitting), so that the instance stream starts from calibrated slide log-odds.
 
 The fits are L-BFGS logistic regressions (scikit-learn), deterministic given the slides: a linear scorer
-cannot memorise a few idiosyncratic patches per slide the way a head on deep tokens can, and it finds a
-small tumour's direction before the first optimiser step, whatever the training seed (on the
-development cohorts the model right after the fit ranks the test slides at AUC 0.91-1.00, the fold's
-validation slides held out: ``benchmarks/recipe.md``, session 18). Training then continues from it.
+cannot memorise a few idiosyncratic patches per slide the way a head on deep tokens can, and on the
+development cohorts it finds a small tumour's direction before the first optimiser step (the model
+right after the fit ranks their test slides at AUC 0.91-1.00, the fold's validation slides held out:
+``benchmarks/recipe.md``, sessions 18-19). It can miss: on one held-out cohort one training seed in
+several got a fit that ranked unseen training slides well (cross-fitted AUC 0.74) and test slides at
+chance. Training then continues from it.
 
 At most ``inst_init_rows`` patches enter a fit (and the novelty's reference): beyond that each slide
 contributes a random share of its patches (seeded), while the positives are still chosen among all of
