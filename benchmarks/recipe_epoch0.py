@@ -45,6 +45,8 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "s17": {"inst_init_refits": 6, "inst_init_head": "full"},
     "converged-full": {"inst_init_head": "full"},
     "converged-bagged": {},
+    "pick3": {"inst_init_pick_folds": 3},
+    "pick1": {"inst_init_pick_folds": 1},
 }
 
 

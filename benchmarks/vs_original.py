@@ -161,6 +161,8 @@ VARIANTS: dict[str, dict[str, Any]] = {
                                "inst_init_start": "bags", "inst_init_refits": 2, "stream_weight": 1.0},
     "recomil-b16": {**TOKENS, "bags_per_step": 16},         # 16 bags per step (padded on a GPU: issue #33)
     "recomil-b16-lr": {**TOKENS, "bags_per_step": 16, "lr": 4e-4},  # the same, learning rate x sqrt(16)
+    # session 20: each refit of the fit picks a slide's positives with fits that left them out (3 parts)
+    "recomil-pick3": {"inst_init_pick_folds": 3},
     "recomil-bf16": {"amp": "bf16"},              # bf16 autocast whatever the bag size (amp: auto's choice on a
                                                   # bf16 CPU before it kept float32 for bags under 256 patches)
 }

@@ -193,6 +193,7 @@ class Params:
     inst_init_start: str = "auto"
     inst_init_folds: int = 3
     inst_init_refits: int = 20
+    inst_init_pick_folds: int = 1
     inst_init_head: str = "bagged"
     inst_init_c: float = 0.01
     inst_init_rows: int = 100000
@@ -329,6 +330,10 @@ def _validate(p: Params) -> None:
     if p.inst_init_refits < (0 if p.inst_init_start == "bags" else 1) or p.inst_init_rows < 1:
         raise ConfigError(f"params 'inst_init_refits' (>= 1 with inst_init_start: novelty or auto, >= 0 with bags) "
                           f"and 'inst_init_rows' (>= 1) got {p.inst_init_refits} and {p.inst_init_rows}")
+    if p.inst_init_pick_folds < 1:
+        raise ConfigError(f"param 'inst_init_pick_folds' must be 1 (each refit picks a slide's positives with the fit "
+                          f"of every slide's, mi-SVM as published) or at least 2 (with fits that left that slide's "
+                          f"positives out), got {p.inst_init_pick_folds}")
     if p.inst_init_folds < 0 or p.inst_init_folds == 1 or (p.inst_init_start == "auto" and p.inst_init_folds < 2):
         raise ConfigError(f"param 'inst_init_folds' must be 0 (no cross-fitting) or at least 2 (at least 2 with "
                           f"inst_init_start: auto), got {p.inst_init_folds}")

@@ -229,22 +229,88 @@ def test_refits_stop_when_the_chosen_patches_repeat_with_the_fit_they_would_reac
         assert not np.allclose(short, w, atol=1e-3)
 
 
-def test_the_bagged_head_is_the_mean_of_the_cross_fitting_folds_fits_calibrated_out_of_fold(project, tiny_params):
+def test_out_of_part_picking_chooses_each_slides_positives_with_a_fit_that_left_them_out():
+    """``pick_folds``: positive slides dealt into parts by the fit's rng; each round one class-balanced
+    regression per part on every *other* part's positives (and all negative patches) chooses that part's
+    slides' next positives; at the cap the last parts' fits choose once more and one regression on every
+    slide's final positives is the fit. Reproduced by hand for two rounds."""
+    bags, labels, _ = _cohort(2)
+    w, b, history = fit_misvm(bags.__getitem__, labels, 0.03, 2, 0.01, 10**6, np.random.default_rng(5),
+                              start="bags", calibrate=False, pick_folds=2)
+    rng = np.random.default_rng(5)
+    positive = np.flatnonzero(labels == 1)
+    part = np.zeros(len(labels), dtype=int)
+    part[positive[rng.permutation(len(positive))]] = np.arange(len(positive)) % 2
+    neg = np.concatenate([x for x, lab in zip(bags, labels) if not lab])
+
+    def balanced(pos):
+        return LogisticRegression(C=0.01, max_iter=300, class_weight="balanced").fit(
+            np.concatenate([neg, pos]), np.r_[np.zeros(len(neg)), np.ones(len(pos))])
+
+    def choose(score):
+        return {j: np.sort(np.argsort(-score(j, bags[j]), kind="stable")[:top_k(len(bags[j]), 0.03)]) for j in positive}
+
+    bag_fit = LogisticRegression(C=0.01, max_iter=300).fit(
+        np.concatenate(bags), np.concatenate([np.full(len(x), lab) for x, lab in zip(bags, labels)]))
+    chosen = choose(lambda j, x: bag_fit.decision_function(x))
+    for _ in range(2):
+        fits = [balanced(np.concatenate([bags[j][c] for j, c in chosen.items() if part[j] != q])) for q in range(2)]
+        chosen = choose(lambda j, x, fits=fits: fits[part[j]].decision_function(x))
+    final = balanced(np.concatenate([bags[j][c] for j, c in chosen.items()]))
+    assert len(history) == 2  # the bag-label fit's and the final fit's
+    assert np.allclose(w, final.coef_[0], atol=1e-5) and b == pytest.approx(float(final.intercept_[0]), abs=1e-5)
+    in_sample, _, _ = fit_misvm(bags.__getitem__, labels, 0.03, 2, 0.01, 10**6, np.random.default_rng(5),
+                                start="bags", calibrate=False)
+    assert not np.allclose(in_sample, w, atol=1e-3)
+
+
+@pytest.mark.parametrize("seed", [2, 3, 4, 5])
+def test_out_of_part_picking_finds_the_shared_direction_where_in_sample_picking_keeps_its_first_guess(seed):
+    """300 dimensions, 15 positive slides with 4 tumour patches each, a slide-wide shift that the bag
+    labels fit: the in-sample refits settle on the bag-label fit's picks (a few hundred positives in 300
+    dimensions: each fit can score its own positives high); fits that never saw a slide's positives
+    choose that slide's tumour patches, and the head turns to the tumour's direction."""
+    bags, labels, truth = _cohort(seed, d=300, slides=30, tumour=4)
+
+    def found(pick_folds):
+        w, b, _ = fit_misvm(bags.__getitem__, labels, 0.04, 20, 0.01, 10**6, np.random.default_rng(0), start="bags",
+                            calibrate=False, pick_folds=pick_folds)
+        precision = np.mean([t[np.argsort(-(x @ w))[:top_k(len(x), 0.04)]].mean()
+                             for x, lab, t in zip(bags, labels, truth) if lab])
+        return w[0] / np.linalg.norm(w), precision
+
+    (cos_in, prec_in), (cos_out, prec_out) = found(1), found(3)
+    assert cos_in < 0.3 and prec_in < 0.3
+    assert cos_out > 0.7 and prec_out > 0.9
+
+
+def test_pick_folds_must_be_at_least_one():
+    with pytest.raises(ConfigError, match="inst_init_pick_folds"):
+        make_params({"inst_init_pick_folds": 0})
+    assert make_params({"inst_init_pick_folds": 3}).inst_init_pick_folds == 3
+
+
+@pytest.mark.parametrize("pick_folds", [1, 2])
+def test_the_bagged_head_is_the_mean_of_the_cross_fitting_folds_fits_calibrated_out_of_fold(project, tiny_params,
+                                                                                             pick_folds):
     from recomil.training.instance_init import calibrate_top_patch, cross_fitted_tops, no_better_than_chance
 
     p = dataclasses.replace(tiny_params, inst_on="input", inst_init="misvm", instance_stream=True, epochs=1,
-                            inst_init_start="novelty", inst_init_folds=3, inst_init_head="bagged")
+                            inst_init_start="novelty", inst_init_folds=3, inst_init_head="bagged",
+                            inst_init_pick_folds=pick_folds)
     model, train, _, protos = _demo_model(p)
     lines: list[str] = []
     init_instance_heads(model, train, p, 7, "fold 0", log=lines.append)
     fitted = [ln for ln in lines if ln.startswith("train:")]
     assert all("the mean of the 3 folds' fits" in ln for ln in fitted) and len(fitted) == 2
+    assert all(("positives chosen out of part (2 parts)" in ln) == (pick_folds == 2) for ln in fitted)
     labels = np.asarray(train.labels)
     for scale in ("high", "low"):
         mean, std = protos[scale]["mean"], np.maximum(protos[scale]["std"], 1e-6)
         bags = [(train.bag(j)[scale].numpy() - mean) / std for j in range(len(train))]
         tops, fits = cross_fitted_tops(bags.__getitem__, labels, 3, 7, start="novelty", top_p=p.inst_top_p,
-                                       refits=p.inst_init_refits, c=p.inst_init_c, max_rows=p.inst_init_rows)
+                                       refits=p.inst_init_refits, c=p.inst_init_c, max_rows=p.inst_init_rows,
+                                       pick_folds=pick_folds)
         assert len(fits) == 3
         # a warning line for the scale exactly when its out-of-fold tops rank no better than chance
         warned = [ln for ln in lines if ln.startswith("warning:") and f"fit ({scale})" in ln]

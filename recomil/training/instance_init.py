@@ -11,7 +11,9 @@ slides only:
 2. logistic regressions until the positives stop changing (mi-SVM's rule), at most ``inst_init_refits``:
    every patch of the negative slides negative, the chosen patches positive, both sides weighted
    equally; each refit's top k of every positive slide (the instance loss's own rule) are the next
-   positives;
+   positives. With ``inst_init_pick_folds`` >= 2 a slide's next positives are chosen by a fit on the
+   other positive slides' positives only (out-of-part picking, :func:`fit_misvm`), so that a fit cannot
+   re-choose the patches it memorised;
 3. with cross-fitting (``inst_init_folds`` >= 2; :func:`cross_fitted_tops`), ``inst_init_head: bagged``
    takes the mean of the folds' fits (each on the other folds' slides) as the head, ``full`` one more fit
    on every training slide;
@@ -81,9 +83,20 @@ def novelty(x: np.ndarray, reference: torch.Tensor, neighbours: int, chunk: int 
 def fit_misvm(bag: Callable[[int], np.ndarray], labels: np.ndarray, top_p: float, refits: int, c: float,
               max_rows: int, rng: np.random.Generator, start: str = "novelty", neighbours: int = 5,
               device: torch.device | str = "cpu", calibrate: bool = True,
-              history: bool = True, sizes: np.ndarray | None = None) -> tuple[np.ndarray, float, list[float]]:
+              history: bool = True, sizes: np.ndarray | None = None,
+              pick_folds: int = 1) -> tuple[np.ndarray, float, list[float]]:
     """mi-SVM-style logistic regression of patches (module docstring): refits until the chosen positives
     are those of the refit before, at most ``refits``.
+
+    With ``pick_folds`` >= 2 the positive slides are dealt into that many parts (seeded by ``rng``) and
+    each refit fits one regression per part on every other part's chosen patches (and every negative
+    patch): a slide's next positives are its top patches under a fit that never saw that slide's
+    positives. A fit on all the chosen patches scores them high because it was fitted on them (with a
+    few hundred positives in hundreds of dimensions it can fit their noise), so in-sample picking can
+    settle on whatever the first positives held; out-of-part picking keeps only what other slides
+    share. Refits then stop when the positives repeat those of the refit before or of the one before
+    that (a two-cycle), at most ``refits`` rounds, and one last regression on every slide's final
+    positives is the fit. ``1``: in-sample picking (mi-SVM as published).
 
     Args:
         bag: ``bag(j)`` -> slide j's standardised patch features ``[N_j, D]`` float32 (read when needed:
@@ -103,7 +116,8 @@ def fit_misvm(bag: Callable[[int], np.ndarray], labels: np.ndarray, top_p: float
     Returns:
         ``w`` ``[D]`` float32, the bias, and the training slides' AUC of their top patch's score after
         each fit (one value per refit run, at most ``refits``; one more, first, for the bag-label fit of
-        ``start: bags``).
+        ``start: bags``; with ``pick_folds`` >= 2 only the last fit's after it, the parts' fits scoring
+        only their own slides).
     """
     labels = np.asarray(labels)
     total = int(np.sum(sizes)) if sizes is not None else sum(len(bag(j)) for j in range(len(labels)))
@@ -130,21 +144,49 @@ def fit_misvm(bag: Callable[[int], np.ndarray], labels: np.ndarray, top_p: float
     else:
         reference = torch.from_numpy(negatives).to(device)
         score = partial(novelty, reference=reference, neighbours=neighbours)
-    chosen_before: list[np.ndarray] | None = None
-    for _ in range(refits):
-        positives, chosen = [], []
-        for j in np.flatnonzero(labels == 1):
-            b = bag(int(j))
-            chosen.append(np.sort(np.argsort(-score(b), kind="stable")[:top_k(len(b), top_p)]))
-            positives.append(b[chosen[-1]])
-        if chosen_before is not None and all(np.array_equal(a, c) for a, c in zip(chosen, chosen_before)):
-            break  # converged: the next fit would be the last one again
-        chosen_before = chosen
-        pos = np.concatenate(positives)
-        clf = LogisticRegression(C=c, max_iter=300, class_weight="balanced").fit(
+    positive_slides = np.flatnonzero(labels == 1)
+    parts = min(int(pick_folds), len(positive_slides))
+    part = np.zeros(len(labels), dtype=np.int64)
+    if parts >= 2:
+        part[positive_slides[rng.permutation(len(positive_slides))]] = np.arange(len(positive_slides)) % parts
+    slide_score: Callable[[int, np.ndarray], np.ndarray] = lambda j, x: score(x)  # noqa: E731
+
+    def refit(pos: np.ndarray) -> LogisticRegression:
+        return LogisticRegression(C=c, max_iter=300, class_weight="balanced").fit(
             np.concatenate([negatives, pos]), np.r_[np.zeros(len(negatives)), np.ones(len(pos))])
+
+    def choose() -> tuple[list[np.ndarray], list[np.ndarray]]:
+        positives, chosen = [], []
+        for j in positive_slides:
+            b = bag(int(j))
+            chosen.append(np.sort(np.argsort(-slide_score(int(j), b), kind="stable")[:top_k(len(b), top_p)]))
+            positives.append(b[chosen[-1]])
+        return positives, chosen
+
+    def same(a: list[np.ndarray] | None, b: list[np.ndarray]) -> bool:
+        return a is not None and all(np.array_equal(u, v) for u, v in zip(a, b))
+
+    before: list[np.ndarray] | None = None
+    two_before: list[np.ndarray] | None = None
+    for _ in range(refits):
+        positives, chosen = choose()
+        if same(before, chosen) or (parts >= 2 and same(two_before, chosen)):
+            break  # converged: the next fit would be the last one again (or a two-cycle)
+        two_before, before = before, chosen
+        if parts >= 2:  # one fit per part, on the other parts' positives; each scores its own part's slides
+            fits = [refit(np.concatenate([x for x, j in zip(positives, positive_slides) if part[j] != k]))
+                    for k in range(parts)]
+            slide_score = lambda j, x, fits=fits: fits[part[j]].decision_function(x)  # noqa: E731
+        else:
+            clf = refit(np.concatenate(positives))
+            record(clf)
+            score = clf.decision_function
+    else:
+        if parts >= 2 and refits > 0:  # at the cap: the last parts' fits choose the final positives
+            positives, chosen = choose()
+    if parts >= 2 and refits > 0:  # the fit: one regression on every slide's final positives
+        clf = refit(np.concatenate(positives))
         record(clf)
-        score = clf.decision_function
     w, b = clf.coef_[0].astype(np.float64), float(clf.intercept_[0])
     if calibrate:
         tops = np.array([float((bag(j) @ w).max()) + b for j in range(len(labels))])
@@ -234,7 +276,8 @@ def init_instance_heads(model: nn.Module, train: BagSet, p: Params, seed: int, t
                 return norm(train.bag(j, device)[scale].float()).cpu().numpy()
 
         fit = dict(top_p=p.inst_top_p, refits=p.inst_init_refits, c=p.inst_init_c, max_rows=p.inst_init_rows,
-                   device=device, sizes=np.asarray(train.store.sizes(scale))[train.positions])
+                   device=device, sizes=np.asarray(train.store.sizes(scale))[train.positions],
+                   pick_folds=p.inst_init_pick_folds)
         starts = ("novelty", "bags") if p.inst_init_start == "auto" else (p.inst_init_start,)
         folds = min(p.inst_init_folds, int(np.bincount(labels).min()))
         cv: dict[str, np.ndarray] = {}
@@ -273,7 +316,9 @@ def init_instance_heads(model: nn.Module, train: BagSet, p: Params, seed: int, t
                   + ", ".join(f"{s} {a:.3f}" for s, a in cv_auc.items())) if cv else ""
         what = (f"the mean of the {folds} folds' fits; top-patch AUC on the training slides: "
                 if bagged else "top-patch AUC on them after each fit: ")
+        picking = (f", positives chosen out of part ({p.inst_init_pick_folds} parts)"
+                   if p.inst_init_pick_folds >= 2 else "")
         log(f"train: {tag}: instance head ({scale}) fitted by mi-SVM on the {len(train)} training slides "
-            f"(start: {start}{chosen}); {what}" + ", ".join(f"{a:.3f}" for a in history)
+            f"(start: {start}{chosen}{picking}); {what}" + ", ".join(f"{a:.3f}" for a in history)
             + f" ({time.perf_counter() - started:.0f} s)")
     return out
