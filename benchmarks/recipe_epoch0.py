@@ -46,6 +46,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "converged-full": {"inst_init_head": "full"},
     "converged-bagged": {},
     "pick3": {"inst_init_pick_folds": 3},
+    "pick3-full": {"inst_init_pick_folds": 3, "inst_init_head": "full"},
     "pick1": {"inst_init_pick_folds": 1},
 }
 

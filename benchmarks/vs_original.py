@@ -109,6 +109,9 @@ COHORTS: dict[str, dict[str, Any]] = {
     **{f"devrare-{t}": {**_RARE, "demo_seed": s} for t, s in (("c", 212), ("d", 213))},
     **{f"rep768-{k}": {**_C768, "demo_seed": 300 + k} for k in (1, 2)},
     **{f"reprare-{k}": {**_RARE, "demo_seed": 302 + k} for k in (1, 2)},
+    # session 20: fresh reporting cohorts (rep768-1 served to diagnose the fit's misses in session 19)
+    "rep768-3": {**_C768, "demo_seed": 305},
+    "reprare-3": {**_RARE, "demo_seed": 306},
     # the classic MIL sets of --data-root, one fixed stratified train/test split each; the original
     # trains dual-scale only (its single-scale path fails, docs/method.md), so both programs read
     # each bag's features at both scales
@@ -163,6 +166,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "recomil-b16-lr": {**TOKENS, "bags_per_step": 16, "lr": 4e-4},  # the same, learning rate x sqrt(16)
     # session 20: each refit of the fit picks a slide's positives with fits that left them out (3 parts)
     "recomil-pick3": {"inst_init_pick_folds": 3},
+    "recomil-pick3-full": {"inst_init_pick_folds": 3, "inst_init_head": "full"},  # ... and one fit on every slide
     "recomil-bf16": {"amp": "bf16"},              # bf16 autocast whatever the bag size (amp: auto's choice on a
                                                   # bf16 CPU before it kept float32 for bags under 256 patches)
 }
