@@ -86,6 +86,10 @@ TOKENS: dict[str, Any] = {"inst_on": "tokens", "instance_stream": False, "inst_i
 #: the defaults of session 17 (fe50307): six refits from the chosen start, then one fit on every training slide
 S17: dict[str, Any] = {"inst_init_refits": 6, "inst_init_head": "full"}
 
+#: the defaults of sessions 18-19 (a9a2981..c4731a7): in-sample picking, the head the mean of the cross-fitting
+#: folds' fits
+S19: dict[str, Any] = {"inst_init_pick_folds": 1, "inst_init_head": "bagged"}
+
 #: Slide-like cohorts (demo generator settings). One at CTransPath width; the others narrower so
 #: that the whole grid fits a few hours of a 2-core machine.
 _C128 = {"demo_feat_dim": 128, "demo_train_slides": 100, "demo_test_slides": 50, "demo_min_patches": 300,
@@ -142,6 +146,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "recomil-ens10": {"ensemble": 10},            # ten: members 5-9 trained, 0-4 taken from recomil-ens5 (GROWS)
     "recomil-tokens": TOKENS,                     # the defaults before session 17 (records under "recomil" before)
     "recomil-s17": S17,                           # the defaults of session 17 (records under "recomil" before a9a2981)
+    "recomil-s19": S19,                           # the defaults of sessions 18-19 (records under "recomil" before)
     "recomil-no-inst": {**TOKENS, "lambda_inst": 0.0},  # no instance-level loss (the original's recipe)
     "recomil-noclip": {**TOKENS, "grad_clip": 0.0},        # no gradient-norm clipping
     # the instance head's top patch in the slide's log-odds (DSMIL)

@@ -153,17 +153,20 @@ def test_training_starts_from_the_misvm_fit_of_the_training_slides(project, tiny
     model, train, split, protos = _demo_model(p)
     history = init_instance_heads(model, train, p, 0, "fold 0", log=lambda line: None)
     assert set(history) == {"high", "low"}
+    rng = np.random.default_rng(0)  # one generator for the scales in turn (the parts of out-of-part picking)
     for scale in ("high", "low"):
         mean, std = protos[scale]["mean"], np.maximum(protos[scale]["std"], 1e-6)
         bags = [(train.bag(j)[scale].numpy() - mean) / std for j in range(len(train))]
         w, b, _ = fit_misvm(bags.__getitem__, train.labels, p.inst_top_p, p.inst_init_refits, p.inst_init_c,
-                            p.inst_init_rows, np.random.default_rng(0), start=p.inst_init_start)
+                            p.inst_init_rows, rng, start=p.inst_init_start,
+                            pick_folds=p.inst_init_pick_folds)
         head = model.branches[scale].instance_head
         assert np.allclose(head.weight.detach().numpy()[0], w, atol=1e-4)
         assert float(head.bias.detach()) == pytest.approx(b, abs=1e-4)
     train_stage.run_train(p, progress=False)
     err = capsys.readouterr().err
-    assert f"instance head (high) fitted by mi-SVM on the {len(split['train'])} training slides (start: bags)" in err
+    assert (f"instance head (high) fitted by mi-SVM on the {len(split['train'])} training slides (start: bags, "
+            f"positives chosen out of part (3 parts))") in err
     assert "instance head (low)" in err
     # auto: per scale, the start whose cross-fitted fits rank the held-out training slides best
     train_stage.run_train(dataclasses.replace(p, inst_init_start="auto", inst_init_folds=3), progress=False)

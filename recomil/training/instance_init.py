@@ -14,19 +14,22 @@ slides only:
    positives. With ``inst_init_pick_folds`` >= 2 a slide's next positives are chosen by a fit on the
    other positive slides' positives only (out-of-part picking, :func:`fit_misvm`), so that a fit cannot
    re-choose the patches it memorised;
-3. with cross-fitting (``inst_init_folds`` >= 2; :func:`cross_fitted_tops`), ``inst_init_head: bagged``
-   takes the mean of the folds' fits (each on the other folds' slides) as the head, ``full`` one more fit
-   on every training slide;
+3. with cross-fitting (``inst_init_folds`` >= 2; :func:`cross_fitted_tops`), ``inst_init_head: full``
+   (the default) makes one more fit on every training slide the head, ``bagged`` the mean of the folds'
+   fits (each on the other folds' slides: with out-of-part picking, each part's fits then see only a
+   third of the positive slides' picks, and on one held-out cohort the mean missed where the full fit
+   did not: ``benchmarks/recipe.md``, session 20);
 4. Platt scaling of the slides' top patch (:func:`calibrate_top_patch`; on the out-of-fold top patches
    with cross-fitting), so that the instance stream starts from calibrated slide log-odds.
 
 The fits are L-BFGS logistic regressions (scikit-learn), deterministic given the slides: a linear scorer
 cannot memorise a few idiosyncratic patches per slide the way a head on deep tokens can, and on the
 development cohorts it finds a small tumour's direction before the first optimiser step (the model
-right after the fit ranks their test slides at AUC 0.91-1.00, the fold's validation slides held out:
-``benchmarks/recipe.md``, sessions 18-19). It can miss: on one held-out cohort one training seed in
-several got a fit that ranked unseen training slides well (cross-fitted AUC 0.74) and test slides at
-chance. Training then continues from it.
+right after the fit ranks their test slides at AUC 0.99-1.00, the fold's validation slides held out:
+``benchmarks/recipe.md``, sessions 18-20). With in-sample picking it could miss: on one held-out cohort
+two training seeds of ten ended at chance, and in the one looked into, the fit's picks were a third
+tumour (in-sample refits settle near their first picks); out-of-part picking took the same slides'
+picks to nine tenths tumour, and that seed's run to test AUC 1.000. Training then continues from it.
 
 At most ``inst_init_rows`` patches enter a fit (and the novelty's reference): beyond that each slide
 contributes a random share of its patches (seeded), while the positives are still chosen among all of

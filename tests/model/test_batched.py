@@ -164,12 +164,15 @@ def test_length_buckets_keep_every_bag_once_and_cut_the_padding():
 
 def test_a_padded_training_step_equals_accumulated_one_bag_steps(project, tiny_params):
     """Trained end to end, bags_per_step 3 with bag_batching padded and accumulate (same steps:
-    length_buckets 1) end with the same weights within float rounding; the log records pad_share."""
+    length_buckets 1) end with the same weights within float rounding; the log records pad_share.
+    The instance heads start from their random initialisation (``inst_init: none``): a fitted head that
+    ranks unseen slides at chance starts flat (every patch's logit equal), and float rounding then decides
+    which of the tied patches is a bag's top one, in each mode differently."""
     from recomil.pipeline import paths, train_stage
     from tests.conftest import prepare_demo
 
     p = dataclasses.replace(tiny_params, epochs=2, warmup_epochs=1, freeze_protos_epochs=1, drop=0.0,
-                            bags_per_step=3, length_buckets=1, save_policy="last")
+                            bags_per_step=3, length_buckets=1, save_policy="last", inst_init="none")
     prepare_demo(p)
     weights = {}
     for mode in ("accumulate", "padded"):
