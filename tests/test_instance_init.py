@@ -287,6 +287,34 @@ def test_out_of_part_picking_finds_the_shared_direction_where_in_sample_picking_
     assert cos_out > 0.7 and prec_out > 0.9
 
 
+def test_out_of_part_picking_stops_at_a_two_cycle_of_the_picks(monkeypatch):
+    """Two positive slides, each with two candidates along u and v (slide A: 5u, 3v; slide B: 5v, 3u):
+    each slide's fit sees only the other's pick, so the picks alternate (5u, 5v) -> (3v, 3u) -> (5u, 5v).
+    The rounds stop when the picks are those of two rounds before (two regressions a round: two rounds,
+    then one fit on the repeated picks), not at the cap."""
+    rng = np.random.default_rng(0)
+    u, v = np.eye(4, dtype=np.float32)[0], np.eye(4, dtype=np.float32)[1]
+    negatives = [rng.normal(0, 0.5, size=(40, 4)).astype(np.float32) for _ in range(4)]
+    a = np.vstack([rng.normal(0, 0.05, size=(8, 4)), [5 * u], [3 * v]]).astype(np.float32)
+    b = np.vstack([rng.normal(0, 0.05, size=(8, 4)), [5 * v], [3 * u]]).astype(np.float32)
+    bags, labels = [*negatives, a, b], np.array([0, 0, 0, 0, 1, 1])
+    fits = []
+    real_fit = LogisticRegression.fit
+
+    def counted(self, x, y, *args, **kwargs):
+        fits.append(x[y == 1])
+        return real_fit(self, x, y, *args, **kwargs)
+
+    monkeypatch.setattr(LogisticRegression, "fit", counted)
+    fit_misvm(bags.__getitem__, labels, 0.01, 9, 0.01, 10**6, np.random.default_rng(0), start="novelty",
+              calibrate=False, history=False, pick_folds=2)
+    assert len(fits) == 2 + 2 + 1
+    picked = {tuple(np.round(x[0])) for x in fits[:2]}
+    assert picked == {tuple(5 * u), tuple(5 * v)}  # round one: the most novel patch of each slide
+    assert {tuple(np.round(x[0])) for x in fits[2:4]} == {tuple(3 * u), tuple(3 * v)}  # round two: the others
+    assert {tuple(np.round(x)) for x in fits[4]} == {tuple(5 * u), tuple(5 * v)}  # the fit: the repeated picks
+
+
 def test_pick_folds_must_be_at_least_one():
     with pytest.raises(ConfigError, match="inst_init_pick_folds"):
         make_params({"inst_init_pick_folds": 0})
