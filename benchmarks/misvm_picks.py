@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
 
 HERE = Path(__file__).resolve().parent
@@ -84,7 +85,6 @@ def probe(u: dict[str, Any], start: str, pick_folds: int) -> dict[str, float]:
         ref = torch.from_numpy(negatives)
         first = precision(tr, y, u["train_truth"], lambda x: novelty(x, ref, 5), p.inst_top_p)
     else:
-        from sklearn.linear_model import LogisticRegression
         bag_fit = LogisticRegression(C=p.inst_init_c, max_iter=300).fit(
             np.concatenate(tr), np.concatenate([np.full(len(x), lab) for x, lab in zip(tr, y)]))
         first = precision(tr, y, u["train_truth"], bag_fit.decision_function, p.inst_top_p)

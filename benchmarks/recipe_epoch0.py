@@ -8,8 +8,9 @@ ingest, split and prototypes stages as ``vs_original.py``'s units run them (fold
 slides held out), the model built and its heads fitted exactly as the trainer does
 (:func:`recomil.training.instance_init.init_instance_heads`), then the test slides' fused log-odds and
 each scale's. Variants (``VARIANTS``): session 17's fit (6 refits, one fit on every training slide),
-refits until the chosen patches repeat with that full fit, and the same with the bagged head (the
-defaults since a9a2981). Results: ``results/recipe/epoch0_s18.json`` and a table on stdout.
+refits until the chosen patches repeat with that full fit, and the same with the bagged head (sessions
+18-19's defaults); out-of-part picking (``inst_init_pick_folds: 3``) with the bagged head and with the
+full fit (the defaults since session 20). Results: ``results/recipe/epoch0_s18.json`` and a table on stdout.
 """
 
 from __future__ import annotations
@@ -41,13 +42,13 @@ from recomil.training.instance_init import init_instance_heads  # noqa: E402
 from recomil.training.trainer import member_seed, model_params  # noqa: E402
 
 OUT = HERE / "results" / "recipe" / "epoch0_s18.json"
-VARIANTS: dict[str, dict[str, Any]] = {
-    "s17": {"inst_init_refits": 6, "inst_init_head": "full"},
-    "converged-full": {"inst_init_head": "full"},
-    "converged-bagged": {},
-    "pick3": {"inst_init_pick_folds": 3},
-    "pick3-full": {"inst_init_pick_folds": 3, "inst_init_head": "full"},
-    "pick1": {"inst_init_pick_folds": 1},
+VARIANTS: dict[str, dict[str, Any]] = {  # each names every key it stands for: the defaults move
+    "s17": {"inst_init_refits": 6, "inst_init_head": "full", "inst_init_pick_folds": 1},
+    "converged-full": {"inst_init_head": "full", "inst_init_pick_folds": 1},
+    "converged-bagged": {"inst_init_head": "bagged", "inst_init_pick_folds": 1},  # sessions 18-19's defaults
+    "pick3": {"inst_init_pick_folds": 3, "inst_init_head": "bagged"},
+    "pick3-full": {"inst_init_pick_folds": 3, "inst_init_head": "full"},  # the defaults since session 20
+    "pick1": {"inst_init_pick_folds": 1, "inst_init_head": "bagged"},
 }
 
 

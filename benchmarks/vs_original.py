@@ -84,7 +84,7 @@ ORIGINAL: dict[str, Any] = {
 TOKENS: dict[str, Any] = {"inst_on": "tokens", "instance_stream": False, "inst_init": "none", "stream_weight": 0.5}
 
 #: the defaults of session 17 (fe50307): six refits from the chosen start, then one fit on every training slide
-S17: dict[str, Any] = {"inst_init_refits": 6, "inst_init_head": "full"}
+S17: dict[str, Any] = {"inst_init_refits": 6, "inst_init_head": "full", "inst_init_pick_folds": 1}
 
 #: the defaults of sessions 18-19 (a9a2981..c4731a7): in-sample picking, the head the mean of the cross-fitting
 #: folds' fits
@@ -170,7 +170,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "recomil-b16": {**TOKENS, "bags_per_step": 16},         # 16 bags per step (padded on a GPU: issue #33)
     "recomil-b16-lr": {**TOKENS, "bags_per_step": 16, "lr": 4e-4},  # the same, learning rate x sqrt(16)
     # session 20: each refit of the fit picks a slide's positives with fits that left them out (3 parts)
-    "recomil-pick3": {"inst_init_pick_folds": 3},
+    "recomil-pick3": {"inst_init_pick_folds": 3, "inst_init_head": "bagged"},
     "recomil-pick3-full": {"inst_init_pick_folds": 3, "inst_init_head": "full"},  # ... and one fit on every slide
     "recomil-bf16": {"amp": "bf16"},              # bf16 autocast whatever the bag size (amp: auto's choice on a
                                                   # bf16 CPU before it kept float32 for bags under 256 patches)
