@@ -36,7 +36,9 @@ Each unit is one (cohort, program, seed):
 Each unit runs in its own process with ``--threads`` torch threads (1 by default: two trainings
 side by side on 2 cores slow each other many-fold). Recorded per unit: test AUC, accuracy and
 balanced accuracy, epochs run, seconds per epoch (training pass plus validation, as each program
-measures it), the whole unit's seconds and the peak resident memory of its processes.
+measures it), the whole unit's seconds and the peak resident memory of its processes; beside each
+record, recomil's per-epoch logs (``seed<N>_train_log/``) and the program's own output (``seed<N>_log.txt``,
+its last 256 kB: the instance head's fit, each epoch, warnings).
 The report (``benchmarks/vs_original.md``) gives mean ± sd over seeds per cohort and program, and
 the paired difference to the original (same cohort and seed) with its standard error.
 """
@@ -482,6 +484,9 @@ def run_unit(cohort_name: str, program: str, seed: int, work: Path, original: Pa
         logs = out.with_name(f"seed{seed}_train_log")
         shutil.rmtree(logs, ignore_errors=True)
         shutil.copytree(unit / "results" / "train_log", logs)
+    if (unit / "log.txt").is_file():  # the program's own output (the fit's lines, each epoch): its last 256 kB
+        text = (unit / "log.txt").read_bytes()[-256_000:]
+        out.with_name(f"seed{seed}_log.txt").write_bytes(text)
     shutil.rmtree(unit, ignore_errors=True)
     print(f"[{cohort_name} seed {seed}] {program}: AUC {rec['auc']:.3f} acc {rec['acc']:.3f} "
           f"{rec['epochs_run']} epochs, {rec['epoch_seconds'] or float('nan'):.1f} s/epoch, "

@@ -112,6 +112,9 @@ def test_an_ensemble_unit_keeps_each_members_test_probabilities_and_the_report_c
         assert members.shape == (2, 8)
         assert not np.allclose(members[0], members[1])  # two models, not one twice
         np.testing.assert_allclose(members.mean(0), rec["test_prob"], atol=2e-6)
+    for seed in (1, 2):  # the run's own output is kept beside the record: what was fitted, each epoch
+        log = (vs.CACHE / "tiny" / "tiny-ens2" / f"seed{seed}_log.txt").read_text()
+        assert "instance head (high) fitted by mi-SVM" in log and "epoch 1/" in log
     rows = [line for line in vs.report(recs).splitlines() if line.startswith("| tiny | tiny-ens2 |")]
     from sklearn.metrics import roc_auc_score
     m1 = [roc_auc_score(r["test_labels"], r["member_test_prob"][0]) for r in recs]
