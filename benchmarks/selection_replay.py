@@ -124,10 +124,13 @@ def run_unit(cohort_name: str, seed: int, work: Path, threads: int, split_seed: 
     vs._run([sys.executable, __file__, "--child", str(unit)], unit, threads, unit / "log.txt")
     rec = {"cohort": cohort_name, "seed": seed, "split_seed": split_seed, "kmeans_seed": kmeans_seed,
            "threads": threads,
-           "seconds": round(time.perf_counter() - started, 1), **json.loads((unit / "child.json").read_text())}
+           "seconds": round(time.perf_counter() - started, 1), **json.loads((unit / "child.json").read_text()),
+           **vs.provenance({"cohort": vs.COHORTS[cohort_name], "params": params})}
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".tmp").write_text(json.dumps(rec))
     out.with_suffix(".tmp").replace(out)
+    if (unit / "log.txt").is_file():  # the run's own output (the fit's lines, each epoch): its last 256 kB
+        out.with_name(f"{name}_log.txt").write_bytes((unit / "log.txt").read_bytes()[-256_000:])
     shutil.rmtree(unit, ignore_errors=True)
     print(f"[{cohort_name} {name}] {len(rec['loss'])} epochs, {rec['seconds']:.0f} s", flush=True)
     return rec
@@ -197,6 +200,7 @@ RULES: dict[str, Callable[[dict[str, Any]], float]] = {
     "mean 13..50": lambda r: test_auc(r, list(range(_first_candidate(), 51))),
     "snapshots: 5": lambda r: test_auc(r, _snapshot_epochs(5)),
     "mean 46..50": lambda r: test_auc(r, list(range(46, 51))),
+    "patience_on: score": lambda r: test_auc(r, [replay(r, patience_on="score")[0]]),
 }
 
 
@@ -233,6 +237,12 @@ def report(records: list[dict[str, Any]]) -> str:
         stops = [replay(r)[1] for r in runs]
         lines += ["Selected / stop epoch of the defaults per seed: "
                   + ", ".join(f"{s}: {b}/{e}" for s, b, e in zip(seeds, best, stops)) + "."]
+        by_score = [replay(r, patience_on="score") for r in runs]
+        lines += ["Selected / stop epoch with `patience_on: score` per seed: "
+                  + ", ".join(f"{s}: {b}/{e}" for s, (b, e) in zip(seeds, by_score)) + "; epochs run "
+                  f"{np.mean([e for _, e in by_score]):.1f} against the defaults' {np.mean(stops):.1f}."]
+        made = sorted({r.get("commit", "unrecorded")[:9] for r in runs})
+        lines += [f"Made by: {', '.join(made)} (commit of the code that trained the units)."]
         secs = [r["seconds"] for r in runs]
         lines += [f"Seconds per unit ({records[0].get('threads', 1)} thread): {np.mean(secs):.0f} (all epochs, "
                   "with the test slides predicted after each).", ""]
@@ -259,8 +269,7 @@ def load_records() -> list[dict[str, Any]]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--cohorts", nargs="*", default=["c768"], choices=[c for c in vs.COHORTS
-                                                                     if "classic" not in vs.COHORTS[c]])
+    ap.add_argument("--cohorts", nargs="*", default=["c768"], choices=list(vs.COHORTS))
     ap.add_argument("--seeds", nargs="*", type=int, default=[1, 2, 3, 4, 5])
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--work", type=Path, default=Path(os.environ.get("TMPDIR", "/tmp")) / "recomil-vs-original")

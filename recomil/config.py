@@ -24,6 +24,7 @@ SIMILARITIES = ("l2", "cosine", "dot")
 FUSIONS = ("learned", "confidence", "fixed")
 SAVE_POLICIES = ("val_auc", "val_acc", "joint", "val_loss", "train_loss", "last")
 TIE_BREAKS = ("val_loss", "none")
+PATIENCE_ON = ("selection", "score")
 ENSEMBLE_VALS = ("resplit", "shared")
 OPTIMIZERS = ("adam", "adamw")
 SAMPLERS = ("shuffle", "balanced")
@@ -202,6 +203,7 @@ class Params:
     min_delta: float = 0.0
     save_policy: str = "joint"
     tie_break: str = "val_loss"
+    patience_on: str = "selection"
     select_after_warmup: bool = True
     ensemble: int = 1
     ensemble_val: str = "resplit"
@@ -245,6 +247,7 @@ _CHOICES = {
     "fusion": FUSIONS,
     "save_policy": SAVE_POLICIES,
     "tie_break": TIE_BREAKS,
+    "patience_on": PATIENCE_ON,
     "ensemble_val": ENSEMBLE_VALS,
     "ensemble_protos": ENSEMBLE_PROTOS,
     "amp": AMP_MODES,

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from recomil.config import make_params
+from recomil.config import ConfigError, make_params
 from recomil.data.store import FeatureStore
 from recomil.inference import load_model
 from recomil.pipeline import paths
@@ -481,3 +481,34 @@ def test_ensemble_protos_resample_gives_each_member_k_means_prototypes_of_its_ow
     train_stage.run_train(shared, progress=False)
     state = torch.load(paths.MODELS / "fold_0" / "best_m2.pt", weights_only=True)["state_dict"]
     assert np.allclose(state["branches.high.protos"].numpy(), before["high"]["centres"], atol=1e-6)
+
+
+@pytest.mark.parametrize(("min_delta", "by_selection", "by_score"), [(0.0, (20, 20), (7, 7)), (0.05, (6, 10), (6, 7))])
+def test_patience_on_score_stops_a_saturated_run_while_ties_still_go_to_the_lower_validation_loss(
+        min_delta, by_selection, by_score):
+    """Validation AUC saturates at epoch 3 while the validation loss keeps creeping down. ``selection``
+    (default): each tie-break resets the patience, the run goes on to the last epoch; ``score``: the
+    tie-breaks still select (the lowest loss so far) but the patience runs from the last score gain, so
+    the run stops ``patience`` epochs after it. A gain within ``min_delta`` (epoch 6) is selected by its
+    lower loss but is no gain: with ``score`` it does not reset the patience either."""
+    from recomil.training.selection import selection_step
+
+    scores = [0.5, 0.8, 1.0] + [1.0] * 17
+    losses = [0.9, 0.6, 0.4] + [0.4 - 0.01 * k for k in range(1, 18)]
+    if min_delta:
+        scores[5] = 1.0 + min_delta / 2  # a gain no larger than min_delta: selected (lower loss), not a reset
+
+    def run(patience_on: str) -> tuple[int, int]:
+        p = make_params({"patience": 4, "patience_on": patience_on, "min_delta": min_delta, "epochs": 20,
+                         "early_stop_after_warmup": False})
+        state = {"best_score": -np.inf, "best_val_loss": np.inf, "best_epoch": 0, "stale": 0, "stopped_early": False}
+        for e, (s, v) in enumerate(zip(scores, losses), start=1):
+            selection_step(state, p, p.save_policy, e, s, v, 1)
+            if state["stopped_early"]:
+                return state["best_epoch"], e
+        return state["best_epoch"], len(scores)
+
+    assert run("selection") == by_selection
+    assert run("score") == by_score  # the score's last gain at epoch 3; epochs 4-7 count (4 of patience)
+    with pytest.raises(ConfigError, match="patience_on"):
+        make_params({"patience_on": "loss"})

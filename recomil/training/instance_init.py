@@ -22,7 +22,10 @@ slides only:
 4. Platt scaling of the slides' top patch (:func:`calibrate_top_patch`; on the out-of-fold top patches
    with cross-fitting), so that the instance stream starts from calibrated slide log-odds.
 
-The fits are L-BFGS logistic regressions (scikit-learn), deterministic given the slides: a linear scorer
+The fits are L-BFGS logistic regressions, deterministic given the slides: scikit-learn's on host
+arrays (training on a CPU), torch's L-BFGS on the same objective where the slides lie on an accelerator
+(:mod:`recomil.training.logistic`: the rows, the picks and the scores stay on the GPU; the two reach the
+same minimum to the solvers' tolerance, and the log line names the one that ran): a linear scorer
 cannot memorise a few idiosyncratic patches per slide the way a head on deep tokens can, and on the
 development cohorts it finds a small tumour's direction before the first optimiser step (the model
 right after the fit ranks their test slides at AUC 0.99-1.00, the fold's validation slides held out:
@@ -57,6 +60,7 @@ from torch import nn
 from recomil.config import Params
 from recomil.data.errors import DataError
 from recomil.training.bags import BagSet
+from recomil.training.logistic import LinearScorer, fit_logistic
 
 
 def top_k(n: int, top_p: float) -> int:
@@ -64,26 +68,56 @@ def top_k(n: int, top_p: float) -> int:
     return min(n, max(1, math.floor(n * top_p)))
 
 
-def novelty(x: np.ndarray, reference: torch.Tensor, neighbours: int, chunk: int = 1024) -> np.ndarray:
+def novelty(x: np.ndarray | torch.Tensor, reference: torch.Tensor, neighbours: int,
+            chunk: int = 1024) -> np.ndarray | torch.Tensor:
     """Each row's mean Euclidean distance to its ``neighbours`` nearest rows of ``reference``.
 
     Args:
-        x: ``[N, D]`` float32 queries; reference: ``[M, D]`` float32 (on the device that computes).
+        x: ``[N, D]`` float32 queries (an array, or a tensor on ``reference``'s device);
+        reference: ``[M, D]`` float32 (on the device that computes).
 
     Returns:
-        ``[N]`` float32: large for a patch unlike every patch of the reference (the negative slides).
+        ``[N]`` float32 of ``x``'s kind: large for a patch unlike every patch of the reference (the
+        negative slides).
     """
     k = min(neighbours, reference.shape[0])
     ref_sq = (reference * reference).sum(1)
+    tensor = isinstance(x, torch.Tensor)
     out = []
     for i in range(0, len(x), chunk):
-        q = torch.from_numpy(np.ascontiguousarray(x[i:i + chunk])).to(reference.device)
+        q = x[i:i + chunk] if tensor else torch.from_numpy(np.ascontiguousarray(x[i:i + chunk]))
+        q = q.to(reference.device)
         d2 = (q * q).sum(1, keepdim=True) + ref_sq[None, :] - 2.0 * q @ reference.T
-        out.append(d2.topk(k, dim=1, largest=False).values.clamp_min(0).sqrt().mean(1).cpu().numpy())
-    return np.concatenate(out) if out else np.zeros(0, np.float32)
+        out.append(d2.topk(k, dim=1, largest=False).values.clamp_min(0).sqrt().mean(1))
+    if tensor:
+        return torch.cat(out) if out else x.new_zeros(0)
+    return np.concatenate([o.cpu().numpy() for o in out]) if out else np.zeros(0, np.float32)
 
 
-def fit_misvm(bag: Callable[[int], np.ndarray], labels: np.ndarray, top_p: float, refits: int, c: float,
+def _cat(parts: list[Any]) -> Any:
+    return torch.cat(parts) if isinstance(parts[0], torch.Tensor) else np.concatenate(parts)
+
+
+def _take(x: np.ndarray | torch.Tensor, index: np.ndarray) -> np.ndarray | torch.Tensor:
+    """``x[index]`` for a numpy index (boolean mask or positions), whatever ``x``'s kind."""
+    return x[torch.from_numpy(index).to(x.device)] if isinstance(x, torch.Tensor) else x[index]
+
+
+def _top(scores: np.ndarray | torch.Tensor, k: int) -> np.ndarray:
+    """The positions of the ``k`` highest scores, in increasing order (ties: the earlier position)."""
+    if isinstance(scores, torch.Tensor):
+        return np.sort(torch.argsort(-scores, stable=True)[:k].cpu().numpy())
+    return np.sort(np.argsort(-scores, kind="stable")[:k])
+
+
+def top_logit(x: np.ndarray | torch.Tensor, w: np.ndarray, b: float) -> float:
+    """A slide's top patch logit ``max_i x_i . w + b`` for its patches ``x`` ``[N, D]`` (array or tensor)."""
+    if isinstance(x, torch.Tensor):
+        return float((x @ torch.from_numpy(np.asarray(w, dtype=np.float32)).to(x.device)).max()) + b
+    return float((x @ w).max()) + b
+
+
+def fit_misvm(bag: Callable[[int], np.ndarray | torch.Tensor], labels: np.ndarray, top_p: float, refits: int, c: float,
               max_rows: int, rng: np.random.Generator, start: str = "novelty", neighbours: int = 5,
               device: torch.device | str = "cpu", calibrate: bool = True,
               history: bool = True, sizes: np.ndarray | None = None,
@@ -103,7 +137,9 @@ def fit_misvm(bag: Callable[[int], np.ndarray], labels: np.ndarray, top_p: float
 
     Args:
         bag: ``bag(j)`` -> slide j's standardised patch features ``[N_j, D]`` float32 (read when needed:
-            only the fit's rows are held in memory).
+            only the fit's rows are held in memory): numpy arrays (the regressions are scikit-learn's) or
+            tensors (the same regressions by torch's L-BFGS where the tensors lie:
+            :func:`recomil.training.logistic.fit_logistic`; on a GPU the fit stays on the device).
         labels: ``[J]`` slide labels (0 negative, 1 positive); both must occur.
         max_rows: at most this many patches per fit (each slide subsampled by the same share beyond).
         start: how the first positives are chosen: ``novelty`` (each positive slide's top patches by
@@ -128,42 +164,41 @@ def fit_misvm(bag: Callable[[int], np.ndarray], labels: np.ndarray, top_p: float
     picked = []
     for j in range(len(labels)):
         x = bag(j)
-        picked.append(x if share >= 1.0 else x[rng.random(len(x)) < share])
-    negatives = np.concatenate([b for b, lab in zip(picked, labels) if lab == 0])
+        picked.append(x if share >= 1.0 else _take(x, rng.random(len(x)) < share))
+    negatives = _cat([b for b, lab in zip(picked, labels) if lab == 0])
     aucs: list[float] = []
 
-    def record(clf: LogisticRegression) -> None:
+    def record(clf: LinearScorer) -> None:
         if history:
-            aucs.append(float(roc_auc_score(labels, [clf.decision_function(bag(j)).max()
-                                                     for j in range(len(labels))])))
+            aucs.append(float(roc_auc_score(labels, [float(clf(bag(j)).max()) for j in range(len(labels))])))
 
     if start == "bags":
-        x = np.concatenate(picked)
+        x = _cat(picked)
         y = np.concatenate([np.full(len(b), lab) for b, lab in zip(picked, labels)])
-        clf = LogisticRegression(C=c, max_iter=300).fit(x, y)
+        clf = fit_logistic(x, y, c)
         record(clf)
         del x, y
-        score: Callable[[np.ndarray], np.ndarray] = clf.decision_function
+        score: Callable[[Any], Any] = clf
     else:
-        reference = torch.from_numpy(negatives).to(device)
+        reference = (negatives if isinstance(negatives, torch.Tensor) else torch.from_numpy(negatives)).to(device)
         score = partial(novelty, reference=reference, neighbours=neighbours)
     positive_slides = np.flatnonzero(labels == 1)
     parts = min(int(pick_folds), len(positive_slides))
     part = np.zeros(len(labels), dtype=np.int64)
     if parts >= 2:
         part[positive_slides[rng.permutation(len(positive_slides))]] = np.arange(len(positive_slides)) % parts
-    slide_score: Callable[[int, np.ndarray], np.ndarray] = lambda j, x: score(x)  # noqa: E731
+    slide_score: Callable[[int, Any], Any] = lambda j, x: score(x)  # noqa: E731
 
-    def refit(pos: np.ndarray) -> LogisticRegression:
-        return LogisticRegression(C=c, max_iter=300, class_weight="balanced").fit(
-            np.concatenate([negatives, pos]), np.r_[np.zeros(len(negatives)), np.ones(len(pos))])
+    def refit(pos: Any) -> LinearScorer:
+        return fit_logistic(_cat([negatives, pos]), np.r_[np.zeros(len(negatives)), np.ones(len(pos))], c,
+                            balanced=True)
 
-    def choose() -> tuple[list[np.ndarray], list[np.ndarray]]:
+    def choose() -> tuple[list[Any], list[np.ndarray]]:
         positives, chosen = [], []
         for j in positive_slides:
             b = bag(int(j))
-            chosen.append(np.sort(np.argsort(-slide_score(int(j), b), kind="stable")[:top_k(len(b), top_p)]))
-            positives.append(b[chosen[-1]])
+            chosen.append(_top(slide_score(int(j), b), top_k(len(b), top_p)))
+            positives.append(_take(b, chosen[-1]))
         return positives, chosen
 
     def same(a: list[np.ndarray] | None, b: list[np.ndarray]) -> bool:
@@ -177,22 +212,22 @@ def fit_misvm(bag: Callable[[int], np.ndarray], labels: np.ndarray, top_p: float
             break  # converged: the next fit would be the last one again (or a two-cycle)
         two_before, before = before, chosen
         if parts >= 2:  # one fit per part, on the other parts' positives; each scores its own part's slides
-            fits = [refit(np.concatenate([x for x, j in zip(positives, positive_slides) if part[j] != k]))
+            fits = [refit(_cat([x for x, j in zip(positives, positive_slides) if part[j] != k]))
                     for k in range(parts)]
-            slide_score = lambda j, x, fits=fits: fits[part[j]].decision_function(x)  # noqa: E731
+            slide_score = lambda j, x, fits=fits: fits[part[j]](x)  # noqa: E731
         else:
-            clf = refit(np.concatenate(positives))
+            clf = refit(_cat(positives))
             record(clf)
-            score = clf.decision_function
+            score = clf
     else:
         if parts >= 2 and refits > 0:  # at the cap: the last parts' fits choose the final positives
             positives, chosen = choose()
     if parts >= 2 and refits > 0:  # the fit: one regression on every slide's final positives
-        clf = refit(np.concatenate(positives))
+        clf = refit(_cat(positives))
         record(clf)
-    w, b = clf.coef_[0].astype(np.float64), float(clf.intercept_[0])
+    w, b = clf.coef, clf.intercept
     if calibrate:
-        tops = np.array([float((bag(j) @ w).max()) + b for j in range(len(labels))])
+        tops = np.array([top_logit(bag(j), w, b) for j in range(len(labels))])
         w, b = calibrate_top_patch(w, b, tops, labels)
     return w.astype(np.float32), float(b), aucs
 
@@ -214,7 +249,7 @@ def calibrate_top_patch(w: np.ndarray, b: float, tops: np.ndarray, labels: np.nd
     return a * w, a * b + c
 
 
-def cross_fitted_tops(bag: Callable[[int], np.ndarray], labels: np.ndarray, folds: int, seed: int,
+def cross_fitted_tops(bag: Callable[[int], np.ndarray | torch.Tensor], labels: np.ndarray, folds: int, seed: int,
                       sizes: np.ndarray | None = None,
                       **fit: Any) -> tuple[np.ndarray, list[tuple[np.ndarray, float]]]:
     """Out-of-fold top-patch logits ``[J]``: the training slides in ``folds`` stratified parts; each
@@ -232,7 +267,7 @@ def cross_fitted_tops(bag: Callable[[int], np.ndarray], labels: np.ndarray, fold
         w, b, _ = fit_misvm(lambda j, rest=rest: bag(int(rest[j])), labels[rest], calibrate=False, history=False,
                             rng=np.random.default_rng(seed + k),
                             sizes=None if sizes is None else np.asarray(sizes)[rest], **fit)
-        out[part] = [float((bag(int(j)) @ w).max()) + b for j in part]
+        out[part] = [top_logit(bag(int(j)), w, b) for j in part]
         fits.append((w, b))
     return out, fits
 
@@ -248,11 +283,17 @@ def no_better_than_chance(scores: np.ndarray, labels: np.ndarray, level: float =
 
 
 def init_instance_heads(model: nn.Module, train: BagSet, p: Params, seed: int, tag: str,
-                        log: Callable[[str], None] | None = None) -> dict[str, list[float]]:
+                        log: Callable[[str], None] | None = None,
+                        on_device: bool | None = None) -> dict[str, list[float]]:
     """Fit each branch's linear input head (``inst_on: input``) by :func:`fit_misvm` on ``train``'s
     slides, standardised as the model standardises them, and copy the fit into the head: with
     cross-fitting and ``inst_init_head: bagged`` the mean of the folds' fits, else one fit on every
     training slide; calibrated on the out-of-fold top patches when there are some.
+
+    ``on_device`` (default: whether the head lies on an accelerator) keeps the slides as tensors on
+    the head's device, where torch's L-BFGS fits the regressions (:mod:`recomil.training.logistic`);
+    otherwise they are host arrays and the regressions scikit-learn's. Both minimise the same objective
+    to the same tolerance; the log line says which ran.
 
     Returns, per scale, the training slides' top-patch AUC after each fit of the full fit, or the
     bagged head's alone."""
@@ -273,10 +314,13 @@ def init_instance_heads(model: nn.Module, train: BagSet, p: Params, seed: int, t
         norm = model.input_norm[scale] if scale in getattr(model, "input_norm", {}) else nn.Identity()
 
         device = head.weight.device
+        tensors = device.type != "cpu" if on_device is None else on_device
 
-        def bag(j: int, scale: str = scale, norm: nn.Module = norm, device: torch.device = device) -> np.ndarray:
+        def bag(j: int, scale: str = scale, norm: nn.Module = norm, device: torch.device = device,
+                tensors: bool = tensors) -> np.ndarray | torch.Tensor:
             with torch.no_grad():
-                return norm(train.bag(j, device)[scale].float()).cpu().numpy()
+                x = norm(train.bag(j, device)[scale].float())
+                return x if tensors else x.cpu().numpy()
 
         fit = dict(top_p=p.inst_top_p, refits=p.inst_init_refits, c=p.inst_init_c, max_rows=p.inst_init_rows,
                    device=device, sizes=np.asarray(train.store.sizes(scale))[train.positions],
@@ -298,7 +342,7 @@ def init_instance_heads(model: nn.Module, train: BagSet, p: Params, seed: int, t
         if bagged:  # the folds' fits averaged: no further fit
             w = np.mean([fw for fw, _ in fold_fits[start]], axis=0)
             b = float(np.mean([fb for _, fb in fold_fits[start]]))
-            history = [float(roc_auc_score(labels, [float((bag(j) @ w).max()) + b for j in range(len(labels))]))]
+            history = [float(roc_auc_score(labels, [top_logit(bag(j), w, b) for j in range(len(labels))]))]
         else:
             w, b, history = fit_misvm(bag, labels, rng=rng, start=start, calibrate=start not in cv, **fit)
         if start in cv:  # calibrated on how the fit ranks slides it has not seen
@@ -323,5 +367,6 @@ def init_instance_heads(model: nn.Module, train: BagSet, p: Params, seed: int, t
                    if p.inst_init_pick_folds >= 2 else "")
         log(f"train: {tag}: instance head ({scale}) fitted by mi-SVM on the {len(train)} training slides "
             f"(start: {start}{chosen}{picking}); {what}" + ", ".join(f"{a:.3f}" for a in history)
-            + f" ({time.perf_counter() - started:.0f} s)")
+            + f" ({time.perf_counter() - started:.0f} s; regressions: "
+            + (f"torch L-BFGS on {device})" if tensors else "scikit-learn L-BFGS)"))
     return out

@@ -83,15 +83,22 @@ def selection_step(state: dict[str, Any], p: Params, policy: str, epoch: int, sc
     Updates ``state``'s ``best_score``, ``best_val_loss``, ``best_epoch``, ``stale`` (candidate
     epochs without improvement; with ``early_stop_after_warmup`` only those after warm-up and
     prototype freezing count) and ``stopped_early`` (``stale`` reached ``patience``; never with
-    ``last``). The trainer calls it once per epoch; ``benchmarks/selection_replay.py`` replays
+    ``last``). What resets ``stale``: with ``patience_on: selection`` every newly selected epoch,
+    with ``score`` only a score above the best by more than ``min_delta`` (an epoch selected by the
+    validation-loss tie-break is kept but counts as one without improvement: a run whose validation
+    AUC has saturated stops ``patience`` epochs later instead of running on while its loss creeps).
+    The trainer calls it once per epoch; ``benchmarks/selection_replay.py`` replays
     logged epochs through it.
     """
     candidate = epoch >= select_from
+    better = policy == "last" or score > state["best_score"] + p.min_delta
     chosen = candidate and improves(policy, p.tie_break, score, val_loss, state["best_score"],
                                     state["best_val_loss"], p.min_delta)
     if chosen:
         state.update(best_score=score, best_val_loss=val_loss if val_loss is not None else math.inf,
-                     best_epoch=epoch, stale=0)
+                     best_epoch=epoch)
+    if chosen and (better or p.patience_on == "selection"):
+        state["stale"] = 0
     elif candidate and (not p.early_stop_after_warmup or epoch > max(p.warmup_epochs, p.freeze_protos_epochs)):
         state["stale"] += 1
     if policy != "last" and state["stale"] >= p.patience:
