@@ -75,7 +75,12 @@ def test_training_is_deterministic_and_resumes_exactly(project, tiny_params, mon
 
     _train_killed_in_epoch_3(p, monkeypatch)
     assert (paths.RESUME / "fold_0.pt").is_file()
+    import recomil.training.trainer as trainer
+
+    fits = []  # the instance heads' fit is not redone on resume: the saved weights hold its result
+    monkeypatch.setattr(trainer, "init_instance_heads", lambda *a, **k: fits.append(a) or {})
     train_stage.run_train(p, progress=False)
+    assert p.inst_init == "misvm" and fits == []
     log = pd.read_csv(paths.TRAIN_LOG / "fold_0.csv")
     assert list(log["epoch"]) == [1, 2, 3]
     second = evaluate_stage.run_evaluate(p)

@@ -178,7 +178,9 @@ def train_fold(p: Params, store: FeatureStore, split: dict[str, list[str]],
     model = (build_model_from_prototypes(mp, prototypes) if recomil else
              build_model(mp, input_stats={s: (torch.from_numpy(v["mean"]), torch.from_numpy(v["std"]))
                                           for s, v in prototypes.items() if "mean" in v})).to(device)
-    if p.inst_init == "misvm" and recomil:  # the linear instance heads start from a closed-form fit
+    fp = fingerprint(p, split, store, prototypes, member)
+    saved = _read_resume(resume_path, fp, device, tag)
+    if p.inst_init == "misvm" and recomil and saved is None:  # the linear instance heads start from a fit
         init_instance_heads(model, train, p, member_seed(p.seed, fold, member), tag,
                             log=None if main else (lambda line: None))
     opt = build_optimizer(model, p)
@@ -198,11 +200,9 @@ def train_fold(p: Params, store: FeatureStore, split: dict[str, list[str]],
         print(f"train: {tag} has no validation slides; save_policy {policy} falls back to 'last'",
               file=sys.stderr)
         policy = "last"
-    fp = fingerprint(p, split, store, prototypes, member)
     state = {"epoch": 0, "best_score": -math.inf, "best_val_loss": math.inf, "best_epoch": 0, "stale": 0,
              "best_state": None, "snapshots": {}, "rows": [], "finished": False, "stopped_early": False}
-    saved = _read_resume(resume_path, fp, device, tag)
-    if saved is not None:
+    if saved is not None:  # (the instance heads' fit was skipped: the saved weights hold its result)
         model.load_state_dict(saved["model"])
         opt.load_state_dict(saved["optimizer"])
         if average is not None:
