@@ -388,3 +388,28 @@ def test_the_trainer_warns_when_the_fit_finds_no_signal_on_unseen_slides(project
     warned = [ln for ln in lines if ln.startswith("warning: train: fold 0: the instance head's fit (")]
     assert {ln.split("fit (")[1].split(")")[0] for ln in warned} == {"high", "low"}, lines
     assert all("no better than chance" in ln and "Mann-Whitney p = " in ln for ln in warned)
+
+
+def test_the_cross_fitting_fits_run_in_threads_with_the_sequential_result():
+    """Both starts' cross-fitting fits (two starts x three folds, independent) run in ``workers``
+    threads on a CPU, each with one BLAS and one torch thread: the out-of-fold logits and the folds'
+    fits are bitwise those of the one-thread sequential path, each start's as ``cross_fitted_tops``
+    gives them."""
+    from recomil.training.instance_init import cross_fit_starts, cross_fitted_tops
+
+    bags, labels, _ = _cohort(3, d=40, slides=24, tumour=4)
+    fit = dict(top_p=0.04, refits=20, c=0.01, max_rows=1500, pick_folds=3)
+    runs = [cross_fit_starts(bags.__getitem__, labels, 3, 7, ("novelty", "bags"), workers=w, **fit) for w in (1, 3)]
+    for start in ("novelty", "bags"):
+        alone = cross_fitted_tops(bags.__getitem__, labels, 3, 7, start=start, **fit)
+        for tops, fits in (run[start] for run in runs):
+            assert tops.tobytes() == alone[0].tobytes()
+            assert all(w.tobytes() == aw.tobytes() and b == ab for (w, b), (aw, ab) in zip(fits, alone[1]))
+    assert not np.array_equal(runs[0]["novelty"][0], runs[0]["bags"][0])  # two starts, two cross-fittings
+    from sklearn.model_selection import StratifiedKFold
+
+    for start in ("novelty", "bags"):  # each fold's fit as fit_misvm makes it on the other folds (rng seed + k)
+        for k, (rest, _) in enumerate(StratifiedKFold(3, shuffle=True, random_state=7).split(bags, labels)):
+            w, b, _ = fit_misvm(lambda j, rest=rest: bags[rest[j]], labels[rest], rng=np.random.default_rng(7 + k),
+                                start=start, calibrate=False, history=False, **fit)
+            assert runs[1][start][1][k][0].tobytes() == w.tobytes() and runs[1][start][1][k][1] == b

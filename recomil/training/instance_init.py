@@ -46,6 +46,7 @@ import math
 import sys
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from typing import Any
 
@@ -55,6 +56,7 @@ from scipy.stats import mannwhitneyu
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
 from sklearn.model_selection import StratifiedKFold
+from threadpoolctl import threadpool_limits
 from torch import nn
 
 from recomil.config import Params
@@ -259,17 +261,46 @@ def cross_fitted_tops(bag: Callable[[int], np.ndarray | torch.Tensor], labels: n
 
     Returns:
         The out-of-fold logits and each part's fit ``(w [D] float32, b)`` (their mean is the bagged head)."""
+    start = fit.pop("start", "novelty")
+    return cross_fit_starts(bag, labels, folds, seed, (start,), sizes, **fit)[start]
+
+
+def cross_fit_starts(bag: Callable[[int], np.ndarray | torch.Tensor], labels: np.ndarray, folds: int, seed: int,
+                     starts: tuple[str, ...], sizes: np.ndarray | None = None, workers: int = 1,
+                     **fit: Any) -> dict[str, tuple[np.ndarray, list[tuple[np.ndarray, float]]]]:
+    """:func:`cross_fitted_tops` for each of ``starts``: ``{start: (out-of-fold logits [J], the folds'
+    fits)}``. The ``len(starts) * folds`` fits are independent; with ``workers`` > 1 they run in that
+    many threads (scikit-learn's regressions and torch's distances release the interpreter), each
+    computing with one BLAS and one torch thread, as the sequential path does with one thread: the
+    result does not depend on ``workers``."""
     labels = np.asarray(labels)
-    out = np.zeros(len(labels))
-    fits: list[tuple[np.ndarray, float]] = []
-    parts = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
-    for k, (rest, part) in enumerate(parts.split(np.zeros(len(labels)), labels)):
-        w, b, _ = fit_misvm(lambda j, rest=rest: bag(int(rest[j])), labels[rest], calibrate=False, history=False,
-                            rng=np.random.default_rng(seed + k),
+    split = list(StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed).split(np.zeros(len(labels)),
+                                                                                          labels))
+
+    def one(start: str, k: int) -> tuple[list[float], tuple[np.ndarray, float]]:
+        rest, part = split[k]
+        w, b, _ = fit_misvm(lambda j: bag(int(rest[j])), labels[rest], calibrate=False, history=False,
+                            rng=np.random.default_rng(seed + k), start=start,
                             sizes=None if sizes is None else np.asarray(sizes)[rest], **fit)
-        out[part] = [top_logit(bag(int(j)), w, b) for j in part]
-        fits.append((w, b))
-    return out, fits
+        return [top_logit(bag(int(j)), w, b) for j in part], (w, b)
+
+    tasks = [(start, k) for start in starts for k in range(folds)]
+    if workers > 1 and len(tasks) > 1:
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            with threadpool_limits(1), ThreadPoolExecutor(min(workers, len(tasks))) as pool:
+                results = list(pool.map(lambda t: one(*t), tasks))
+        finally:
+            torch.set_num_threads(threads)
+    else:
+        results = [one(*t) for t in tasks]
+    out: dict[str, tuple[np.ndarray, list[tuple[np.ndarray, float]]]] = {
+        start: (np.zeros(len(labels)), []) for start in starts}
+    for (start, k), (tops, wb) in zip(tasks, results):
+        out[start][0][split[k][1]] = tops
+        out[start][1].append(wb)
+    return out
 
 
 def no_better_than_chance(scores: np.ndarray, labels: np.ndarray, level: float = 0.05) -> tuple[bool, float, float]:
@@ -329,9 +360,11 @@ def init_instance_heads(model: nn.Module, train: BagSet, p: Params, seed: int, t
         folds = min(p.inst_init_folds, int(np.bincount(labels).min()))
         cv: dict[str, np.ndarray] = {}
         fold_fits: dict[str, list[tuple[np.ndarray, float]]] = {}
-        if folds >= 2:
-            for start in starts:
-                cv[start], fold_fits[start] = cross_fitted_tops(bag, labels, folds, seed, start=start, **fit)
+        if folds >= 2:  # the starts' cross-fitting fits in parallel on a CPU's threads (the same result)
+            workers = 1 if tensors else torch.get_num_threads()
+            for start, (tops, fits) in cross_fit_starts(bag, labels, folds, seed, starts, workers=workers,
+                                                        **fit).items():
+                cv[start], fold_fits[start] = tops, fits
         elif p.inst_init_folds >= 2:
             log(f"note: train: {tag}: {int(np.bincount(labels).min())} training slide(s) in the smaller class: "
                 f"no cross-fitting; the instance head's start is {starts[0]}, calibrated on the slides it was "
