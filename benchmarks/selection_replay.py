@@ -17,7 +17,8 @@ replayed offline through the trainer's own :func:`recomil.training.trainer.selec
 seed (the report checks it). Rules:
 
 - ``defaults``: ``save_policy: joint``, ``tie_break: val_loss``, selection after warm-up, patience
-  10 after warm-up (params.yaml);
+  10 after warm-up reset by a score gain (``patience_on: score``; params.yaml);
+- ``patience_on: selection``: the patience reset by every selected epoch, tie-breaks included (session 20);
 - ``val_loss``, ``val_auc``: the same with that ``save_policy``;
 - ``stop epoch``: the weights of the epoch where the defaults stop (no selection);
 - ``epoch 50``: the last epoch of a full run (``save_policy: last``);
@@ -200,7 +201,7 @@ RULES: dict[str, Callable[[dict[str, Any]], float]] = {
     "mean 13..50": lambda r: test_auc(r, list(range(_first_candidate(), 51))),
     "snapshots: 5": lambda r: test_auc(r, _snapshot_epochs(5)),
     "mean 46..50": lambda r: test_auc(r, list(range(46, 51))),
-    "patience_on: score": lambda r: test_auc(r, [replay(r, patience_on="score")[0]]),
+    "patience_on: selection": lambda r: test_auc(r, [replay(r, patience_on="selection")[0]]),  # session 20
 }
 
 
@@ -237,10 +238,10 @@ def report(records: list[dict[str, Any]]) -> str:
         stops = [replay(r)[1] for r in runs]
         lines += ["Selected / stop epoch of the defaults per seed: "
                   + ", ".join(f"{s}: {b}/{e}" for s, b, e in zip(seeds, best, stops)) + "."]
-        by_score = [replay(r, patience_on="score") for r in runs]
-        lines += ["Selected / stop epoch with `patience_on: score` per seed: "
-                  + ", ".join(f"{s}: {b}/{e}" for s, (b, e) in zip(seeds, by_score)) + "; epochs run "
-                  f"{np.mean([e for _, e in by_score]):.1f} against the defaults' {np.mean(stops):.1f}."]
+        before = [replay(r, patience_on="selection") for r in runs]
+        lines += ["Selected / stop epoch with `patience_on: selection` (the defaults of session 20) per seed: "
+                  + ", ".join(f"{s}: {b}/{e}" for s, (b, e) in zip(seeds, before)) + "; epochs run "
+                  f"{np.mean([e for _, e in before]):.1f} against the defaults' {np.mean(stops):.1f}."]
         made = sorted({r.get("commit", "unrecorded")[:9] for r in runs})
         lines += [f"Made by: {', '.join(made)} (commit of the code that trained the units)."]
         secs = [r["seconds"] for r in runs]

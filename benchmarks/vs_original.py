@@ -83,14 +83,20 @@ ORIGINAL: dict[str, Any] = {
 }
 #: the defaults of sessions 15-16 (issue #31 before inst_init): the instance-level loss on a head over the patch
 #: tokens, the attention head's prediction alone
-TOKENS: dict[str, Any] = {"inst_on": "tokens", "instance_stream": False, "inst_init": "none", "stream_weight": 0.5}
+TOKENS: dict[str, Any] = {"inst_on": "tokens", "instance_stream": False, "inst_init": "none", "stream_weight": 0.5,
+                          "patience_on": "selection"}
 
 #: the defaults of session 17 (fe50307): six refits from the chosen start, then one fit on every training slide
-S17: dict[str, Any] = {"inst_init_refits": 6, "inst_init_head": "full", "inst_init_pick_folds": 1}
+S17: dict[str, Any] = {"inst_init_refits": 6, "inst_init_head": "full", "inst_init_pick_folds": 1,
+                       "patience_on": "selection"}
 
 #: the defaults of sessions 18-19 (a9a2981..c4731a7): in-sample picking, the head the mean of the cross-fitting
 #: folds' fits
-S19: dict[str, Any] = {"inst_init_pick_folds": 1, "inst_init_head": "bagged"}
+S19: dict[str, Any] = {"inst_init_pick_folds": 1, "inst_init_head": "bagged", "patience_on": "selection"}
+
+#: the defaults of session 20 (e18f71d..2ebc6b0): every newly selected epoch, the validation-loss tie-break's
+#: included, reset the patience (a run whose validation AUC saturates runs on while its loss creeps down)
+S20: dict[str, Any] = {"patience_on": "selection"}
 
 #: Slide-like cohorts (demo generator settings). One at CTransPath width; the others narrower so
 #: that the whole grid fits a few hours of a 2-core machine.
@@ -149,6 +155,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "recomil-tokens": TOKENS,                     # the defaults before session 17 (records under "recomil" before)
     "recomil-s17": S17,                           # the defaults of session 17 (records under "recomil" before a9a2981)
     "recomil-s19": S19,                           # the defaults of sessions 18-19 (records under "recomil" before)
+    "recomil-s20": S20,                           # the defaults of session 20 (records under "recomil" before)
     "recomil-no-inst": {**TOKENS, "lambda_inst": 0.0},  # no instance-level loss (the original's recipe)
     "recomil-noclip": {**TOKENS, "grad_clip": 0.0},        # no gradient-norm clipping
     # the instance head's top patch in the slide's log-odds (DSMIL)
@@ -172,8 +179,9 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "recomil-b16": {**TOKENS, "bags_per_step": 16},         # 16 bags per step (padded on a GPU: issue #33)
     "recomil-b16-lr": {**TOKENS, "bags_per_step": 16, "lr": 4e-4},  # the same, learning rate x sqrt(16)
     # session 20: each refit of the fit picks a slide's positives with fits that left them out (3 parts)
-    "recomil-pick3": {"inst_init_pick_folds": 3, "inst_init_head": "bagged"},
-    "recomil-pick3-full": {"inst_init_pick_folds": 3, "inst_init_head": "full"},  # ... and one fit on every slide
+    "recomil-pick3": {"inst_init_pick_folds": 3, "inst_init_head": "bagged", "patience_on": "selection"},
+    # ... and one fit on every slide
+    "recomil-pick3-full": {"inst_init_pick_folds": 3, "inst_init_head": "full", "patience_on": "selection"},
     "recomil-bf16": {"amp": "bf16"},              # bf16 autocast whatever the bag size (amp: auto's choice on a
                                                   # bf16 CPU before it kept float32 for bags under 256 patches)
 }

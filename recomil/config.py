@@ -203,7 +203,7 @@ class Params:
     min_delta: float = 0.0
     save_policy: str = "joint"
     tie_break: str = "val_loss"
-    patience_on: str = "selection"
+    patience_on: str = "score"
     select_after_warmup: bool = True
     ensemble: int = 1
     ensemble_val: str = "resplit"
