@@ -233,7 +233,12 @@ def report(records: list[dict[str, Any]]) -> str:
                 if (cohort, s) in vs_recs and abs(vs_recs[(cohort, s)]["auc"] - b) < 1e-9]
         known = [s for s in seeds if (cohort, s) in vs_recs]
         lines += ["", f"Check: the replayed `defaults` equal the test AUC of `vs_original.py`'s `recomil` run on "
-                  f"{len(same)} of the {len(known)} seeds it has ({', '.join(map(str, known)) or 'none'}).", ""]
+                  f"{len(same)} of the {len(known)} seeds it has ({', '.join(map(str, known)) or 'none'})."]
+        s20 = {r["seed"]: r["auc"] for r in vs.load_records()
+               if r["program"] == "recomil-s20" and r["cohort"] == cohort}
+        hits = [s for s, r in zip(seeds, runs) if s in s20 and abs(RULES["patience_on: selection"](r) - s20[s]) < 1e-9]
+        lines += [f"Check: the replayed `patience_on: selection` equal the test AUC of the `recomil-s20` run (session "
+                  f"20's defaults) on {len(hits)} of the {len([s for s in seeds if s in s20])} seeds it has.", ""]
         best = [replay(r)[0] for r in runs]
         stops = [replay(r)[1] for r in runs]
         lines += ["Selected / stop epoch of the defaults per seed: "

@@ -571,9 +571,81 @@ def member_curves(records: list[dict[str, Any]]) -> list[tuple]:
 
 def code_of(runs: Any) -> str:
     """The commits (short) and params hashes of the records behind one mean: a mean over records made by
-    different code or params shows more than one; records from before provenance was kept say so."""
-    keys = sorted({f"{r['commit'][:9]}/{r['params_sha256'][:8]}" if r.get("commit") else "unrecorded" for r in runs})
+    different code or params shows more than one; records from before provenance was kept say so, and
+    records derived from another program's run (:func:`derive`) are marked ``replayed from <program>``."""
+    keys = sorted({(f"{r['commit'][:9]}/{r['params_sha256'][:8]}" if r.get("commit") else "unrecorded")
+                   + (f" replayed from {r['derived_from']['program']}" if r.get("derived_from") else "")
+                   for r in runs})
     return ", ".join(keys)
+
+
+def replay_log(rows: list[dict[str, Any]], overrides: dict[str, Any]) -> tuple[int, int]:
+    """(selected epoch, last epoch run) of params.yaml's defaults with ``overrides``, replayed from a run's
+    logged epochs (its ``fold_0.csv`` rows: validation AUC, accuracy and loss, training loss) through the
+    trainer's own selection step."""
+    import dataclasses
+
+    from recomil.config import make_params
+    from recomil.training.trainer import selection_score, selection_start, selection_step
+
+    p = dataclasses.replace(make_params({}), **overrides)
+    start = selection_start(p, p.save_policy)
+    state = {"best_score": -math.inf, "best_val_loss": math.inf, "best_epoch": 0, "stale": 0, "stopped_early": False}
+
+    def num(v: Any) -> float | None:
+        return None if v is None or v == "" or float(v) != float(v) else float(v)
+
+    for e, row in enumerate(rows, start=1):
+        auc, acc, loss = num(row.get("val_auc")), num(row.get("val_acc")), num(row.get("val_loss"))
+        score = selection_score(p.save_policy, auc, acc, float(row["loss"]), loss)
+        selection_step(state, p, p.save_policy, e, score, loss, start)
+        if state["stopped_early"] or e == p.epochs:
+            return state["best_epoch"], e
+    return state["best_epoch"], len(rows)
+
+
+def derive(cohort_name: str, source: str, seed: int) -> str:
+    """A ``recomil`` record from ``source``'s run of the same cohort and seed, where the defaults differ from
+    ``source``'s params only in when a run stops (``patience_on``): the defaults' selection is replayed on the
+    run's logged epochs, and where it selects the same epoch (which every epoch up to it shares) the test
+    predictions are that run's; epochs run, training seconds and seconds per epoch are those of the epochs up
+    to the defaults' stop. Returns what was done. The record says where it came from (``derived_from``)."""
+    import csv
+
+    src = CACHE / cohort_name / source / f"seed{seed}.json"
+    out = CACHE / cohort_name / "recomil" / f"seed{seed}.json"
+    log = src.with_name(f"seed{seed}_train_log") / "fold_0.csv"
+    if out.is_file():
+        return "a run of its own exists"
+    if not src.is_file() or not log.is_file():
+        return f"no {source} record with its epoch log"
+    differ = {k for k in VARIANTS[source] if k != "patience_on"}
+    if differ:
+        raise ValueError(f"{source} differs from the defaults in {sorted(differ)}, not only in when it stops")
+    rec = json.loads(src.read_text())
+    with log.open() as fh:
+        rows = list(csv.DictReader(fh))
+    if replay_log(rows, VARIANTS[source]) != (rec["best_epoch"], rec["epochs_run"]):
+        return f"the replay of {source}'s own rule does not give its selected and last epochs: not derived"
+    best, stop = replay_log(rows, {})
+    if best != rec["best_epoch"]:
+        return f"the defaults select epoch {best}, {source}'s run epoch {rec['best_epoch']}: needs a run of its own"
+    seconds = [float(r["epoch_seconds"]) for r in rows[:stop]]
+    new = {**rec, "program": "recomil", "epochs_run": stop, "epoch_seconds": float(np.mean(seconds)),
+           "train_seconds": round(sum(seconds), 1),
+           "seconds": round(rec["seconds"] - (rec["train_seconds"] - sum(seconds)), 1),
+           "derived_from": {"program": source, "epochs_run": rec["epochs_run"],
+                            "how": "the defaults' selection replayed on the logged epochs selects the same epoch"}}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(new, indent=1))
+    keep = out.with_name(f"seed{seed}_train_log")
+    shutil.rmtree(keep, ignore_errors=True)
+    keep.mkdir()
+    with (keep / "fold_0.csv").open("w", newline="") as fh:  # the epochs the defaults run
+        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows[:stop])
+    return f"derived: selected epoch {best}, {stop} epochs instead of {rec['epochs_run']}"
 
 
 def provenance(params: Any) -> dict[str, str]:
@@ -713,6 +785,8 @@ def main() -> None:
     ap.add_argument("--data-root", type=Path, default=DATA_ROOT[0], help="folder holding musk1/ and elephant/")
     ap.add_argument("--work", type=Path, default=Path(os.environ.get("TMPDIR", "/tmp")) / "recomil-vs-original")
     ap.add_argument("--report-only", action="store_true")
+    ap.add_argument("--derive-from", help="write `recomil` records from this program's runs of --cohorts and "
+                    "--seeds where they differ only in when a run stops (see derive())")
     ap.add_argument("--results", type=Path, help="keep the unit records and the report in this folder instead of "
                     "benchmarks/ (e.g. a GPU machine's run, which must not mix with this machine's)")
     ap.add_argument("--recomil-child", type=Path, help=argparse.SUPPRESS)
@@ -726,6 +800,11 @@ def main() -> None:
         return recomil_child(args.recomil_child)
     if args.original_predict:
         return original_predict(*map(Path, args.original_predict))
+    if args.derive_from:
+        for cohort in args.cohorts:
+            for seed in args.seeds:
+                print(f"[{cohort} seed {seed}] {derive(cohort, args.derive_from, seed)}")
+        args.report_only = True
     if not args.report_only:
         original = args.original.resolve() if args.original else None
         if original is None:

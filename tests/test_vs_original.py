@@ -144,3 +144,41 @@ def test_a_grown_ensemble_equals_the_ensemble_trained_whole(tmp_path, monkeypatc
     np.testing.assert_allclose(grown["test_prob"], whole["test_prob"], atol=2e-6)
     assert grown["auc"] == pytest.approx(whole["auc"])
     assert grown["train_seconds"] > base["train_seconds"]
+
+
+def test_a_record_is_derived_from_a_run_that_differs_only_in_when_it_stops(tmp_path, monkeypatch):
+    """``derive``: session 20's rule (every selected epoch resets the patience) ran on while the validation
+    loss crept down; the defaults (``patience_on: score``) replayed on its logged epochs stop at epoch 23.
+    Where they select the epoch the run selected, the record is that run's, with the epochs up to the stop;
+    where they select another, nothing is derived."""
+    import csv
+    import json
+
+    monkeypatch.setattr(vs, "CACHE", tmp_path)
+
+    def write(seed: int, losses: list[float], best: int) -> None:
+        folder = tmp_path / "c" / "recomil-s20"
+        (folder / f"seed{seed}_train_log").mkdir(parents=True)
+        with (folder / f"seed{seed}_train_log" / "fold_0.csv").open("w", newline="") as fh:
+            w = csv.DictWriter(fh, fieldnames=["epoch", "loss", "val_auc", "val_acc", "val_loss", "epoch_seconds"])
+            w.writeheader()
+            for e, v in enumerate(losses, start=1):
+                w.writerow({"epoch": e, "loss": 0.5, "val_auc": 1.0, "val_acc": 1.0, "val_loss": v,
+                            "epoch_seconds": 10.0})
+        (folder / f"seed{seed}.json").write_text(json.dumps(
+            {"cohort": "c", "program": "recomil-s20", "seed": seed, "auc": 0.9, "best_epoch": best,
+             "epochs_run": len(losses), "train_seconds": 10.0 * len(losses), "seconds": 10.0 * len(losses) + 60,
+             "epoch_seconds": 10.0, "commit": "abc", "params_sha256": "def"}))
+
+    flat = [0.5] * 12 + [0.3] + [0.31] * 10          # selected 13 either way; session 20 stopped at 23 too
+    creeping = [0.5] * 12 + [0.3 - 0.001 * k for k in range(38)]  # session 20 selects 50, the defaults 23
+    write(1, flat, 13)
+    write(2, creeping, 50)
+    assert vs.derive("c", "recomil-s20", 1).startswith("derived: selected epoch 13, 23 epochs")
+    rec = json.loads((tmp_path / "c" / "recomil" / "seed1.json").read_text())
+    assert (rec["program"], rec["auc"], rec["best_epoch"], rec["epochs_run"], rec["train_seconds"]) == \
+        ("recomil", 0.9, 13, 23, 230.0)
+    assert rec["derived_from"]["program"] == "recomil-s20" and rec["seconds"] == 290.0
+    assert "replayed from recomil-s20" in vs.code_of([rec])
+    assert "needs a run of its own" in vs.derive("c", "recomil-s20", 2)
+    assert not (tmp_path / "c" / "recomil" / "seed2.json").exists()
