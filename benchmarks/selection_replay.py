@@ -140,26 +140,9 @@ def run_unit(cohort_name: str, seed: int, work: Path, threads: int, split_seed: 
 # ----------------------------------------------------------------------------- replay
 def replay(rec: dict[str, Any], **overrides: Any) -> tuple[int, int]:
     """(selected epoch, last epoch run) of params.yaml's defaults with ``overrides``, replayed from the
-    unit's logged epochs through the trainer's own selection step."""
-    from recomil.config import make_params
-    from recomil.training.trainer import selection_score, selection_start, selection_step
-
-    p = dataclasses.replace(make_params({}), **overrides)
-    policy = p.save_policy
-    start = selection_start(p, policy)
-    state = {"best_score": -np.inf, "best_val_loss": np.inf, "best_epoch": 0, "stale": 0, "stopped_early": False}
-    for e in range(1, len(rec["loss"]) + 1):
-        auc, acc, loss = (_defined(rec[k][e - 1]) for k in ("val_auc", "val_acc", "val_loss"))
-        score = selection_score(policy, auc, acc, rec["loss"][e - 1], loss)
-        selection_step(state, p, policy, e, score, loss, start)
-        if state["stopped_early"] or e == p.epochs:
-            return state["best_epoch"], e
-    return state["best_epoch"], len(rec["loss"])
-
-
-def _defined(v: float | None) -> float | None:
-    """A logged metric, ``None`` where it was undefined (NaN or empty in the epoch log)."""
-    return None if v is None or v != v else float(v)
+    unit's logged epochs through the trainer's own selection step (:func:`vs_original.replay_log`)."""
+    keys = ("loss", "val_auc", "val_acc", "val_loss")
+    return vs.replay_log([dict(zip(keys, row)) for row in zip(*(rec[k] for k in keys))], overrides)
 
 
 def _fmt(v: float | None) -> str:
