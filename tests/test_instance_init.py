@@ -413,3 +413,33 @@ def test_the_cross_fitting_fits_run_in_threads_with_the_sequential_result():
             w, b, _ = fit_misvm(lambda j, rest=rest: bags[rest[j]], labels[rest], rng=np.random.default_rng(7 + k),
                                 start=start, calibrate=False, history=False, **fit)
             assert runs[1][start][1][k][0].tobytes() == w.tobytes() and runs[1][start][1][k][1] == b
+
+
+def test_the_fit_runs_in_the_trainings_share_of_the_cores(project, tiny_params, monkeypatch):
+    """Two queued trainings on a 2-core machine: each one's fit (numpy's BLAS as well as torch) runs in
+    its share of the cores, as its epochs do, not in every core (their threads would spin against
+    each other), and the process's thread counts are its share afterwards."""
+    from threadpoolctl import threadpool_info
+
+    import recomil.training.trainer as trainer_module
+
+    p = dataclasses.replace(tiny_params, inst_on="input", inst_init="misvm", instance_stream=True, epochs=1,
+                            inst_init_start="bags", inst_init_folds=0, threads=1)
+    prepare_demo(p)
+    seen: list[tuple[int, list[int]]] = []
+    real = trainer_module.init_instance_heads
+
+    def spy(*args, **kwargs):
+        seen.append((torch.get_num_threads(), [lib["num_threads"] for lib in threadpool_info()
+                                               if lib["user_api"] == "blas"]))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(trainer_module, "init_instance_heads", spy)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        train_stage.run_train(p, progress=False)
+    finally:
+        torch.set_num_threads(before)
+    assert seen and all(n == 1 and blas and set(blas) == {1} for n, blas in seen), seen

@@ -23,6 +23,7 @@ from ``(seed, fold, e)`` and the torch RNG state is saved with the checkpoint.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import hashlib
@@ -37,6 +38,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from threadpoolctl import threadpool_limits
 from tqdm import tqdm
 
 from recomil.config import Params
@@ -180,9 +182,15 @@ def train_fold(p: Params, store: FeatureStore, split: dict[str, list[str]],
                                           for s, v in prototypes.items() if "mean" in v})).to(device)
     fp = fingerprint(p, split, store, prototypes, member)
     saved = _read_resume(resume_path, fp, device, tag)
+    threads, share = None, None
+    if device.type == "cpu":  # fixed for the whole run (restored on resume): results depend on it bitwise
+        share = ThreadShare(p.threads)  # registered until this fold ends, so later trainings count it
+        threads = share.apply((saved or {}).get("state", {}).get("threads"))
     if p.inst_init == "misvm" and recomil and saved is None:  # the linear instance heads start from a fit
-        init_instance_heads(model, train, p, member_seed(p.seed, fold, member), tag,
-                            log=None if main else (lambda line: None))
+        # on a CPU in this training's share of the cores: numpy's BLAS threads too, not only torch's
+        with threadpool_limits(threads) if threads is not None else contextlib.nullcontext():
+            init_instance_heads(model, train, p, member_seed(p.seed, fold, member), tag,
+                                log=None if main else (lambda line: None))
     opt = build_optimizer(model, p)
     scaler = torch.amp.GradScaler("cuda", enabled=amp == torch.float16)
     # the weights validated, selected and saved: their moving average (ema_epochs > 0) or the weights
@@ -234,10 +242,7 @@ def train_fold(p: Params, store: FeatureStore, split: dict[str, list[str]],
                           "average": average.state_dict() if average is not None else None,
                           "state": state}, resume_path)
 
-    threads, share = None, None
-    if device.type == "cpu":  # fixed for the whole run (restored on resume): results depend on it bitwise
-        share = ThreadShare(p.threads)  # registered until this fold ends, so later trainings count it
-        threads = share.apply(state.get("threads"))
+    if threads is not None:
         state["threads"] = threads
         if main:
             print(f"train: {tag}: {threads} torch thread(s) of {usable_cores()} usable cores"
