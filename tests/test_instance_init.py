@@ -332,8 +332,11 @@ def test_the_bagged_head_is_the_mean_of_the_cross_fitting_folds_fits_calibrated_
     model, train, _, protos = _demo_model(p)
     lines: list[str] = []
     init_instance_heads(model, train, p, 7, "fold 0", log=lines.append)
-    fitted = [ln for ln in lines if ln.startswith("train:")]
+    fitted = [ln for ln in lines if "fitted by mi-SVM" in ln]
     assert all("the mean of the 3 folds' fits" in ln for ln in fitted) and len(fitted) == 2
+    for scale in ("high", "low"):  # the fit is announced before it starts (minutes on a CPU): not a silent wait
+        said = [i for i, ln in enumerate(lines) if f"instance head ({scale})" in ln]
+        assert len(said) == 2 and lines[said[0]].startswith(f"train: fold 0: fitting the instance head ({scale})")
     assert all(("positives chosen out of part (2 parts)" in ln) == (pick_folds == 2) for ln in fitted)
     labels = np.asarray(train.labels)
     for scale in ("high", "low"):

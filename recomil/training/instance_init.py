@@ -353,6 +353,9 @@ def init_instance_heads(model: nn.Module, train: BagSet, p: Params, seed: int, t
                 x = norm(train.bag(j, device)[scale].float())
                 return x if tensors else x.cpu().numpy()
 
+        log(f"train: {tag}: fitting the instance head ({scale}) by mi-SVM on the {len(train)} training slides "
+            f"({'torch L-BFGS on ' + str(device) if tensors else 'scikit-learn L-BFGS'}; minutes on a CPU for "
+            f"large cohorts)")
         fit = dict(top_p=p.inst_top_p, refits=p.inst_init_refits, c=p.inst_init_c, max_rows=p.inst_init_rows,
                    device=device, sizes=np.asarray(train.store.sizes(scale))[train.positions],
                    pick_folds=p.inst_init_pick_folds)
