@@ -17,6 +17,7 @@ prints a table row. Seconds depend on the machine's load: compare rows of one ru
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import subprocess
@@ -35,13 +36,8 @@ sys.path.insert(0, str(HERE))
 import recipe_epoch0  # noqa: E402
 
 import recomil.training.instance_init as instance_init  # noqa: E402
-from recomil.config import make_params  # noqa: E402
-from recomil.data.store import FeatureStore  # noqa: E402
-from recomil.model.factory import build_model_from_prototypes  # noqa: E402
-from recomil.pipeline import data_stages, paths  # noqa: E402
-from recomil.pipeline.train_stage import load_prototypes  # noqa: E402
 from recomil.training.bags import BagSet  # noqa: E402
-from recomil.training.trainer import member_seed, model_params  # noqa: E402
+from recomil.training.trainer import member_seed  # noqa: E402
 
 OUT = HERE / "results" / "fit_profile.json"
 
@@ -71,13 +67,7 @@ def profile(unit: Path, overrides: dict[str, Any]) -> dict[str, Any]:
     os.chdir(unit)
     instance_init.fit_logistic, instance_init.fit_misvm = logistic, mi_svm
     try:
-        p = make_params({**json.loads(Path("params.json").read_text()), **overrides})
-        store = FeatureStore(paths.STORE)
-        split = data_stages.load_split(paths.SPLIT)[0]
-        mp = model_params(p, store)
-        protos = load_prototypes(mp.scales, 0, paths.PROTOTYPES, None)
-        torch.manual_seed(member_seed(p.seed, 0, 0))
-        model = build_model_from_prototypes(mp, protos)
+        p, store, split, mp, model = recipe_epoch0.fold0_model(overrides)
         lines: list[str] = []
         marks: dict[str, tuple[int, int, float]] = {}  # scale -> (first regression, first mi-SVM fit, start)
 
@@ -114,7 +104,14 @@ def profile(unit: Path, overrides: dict[str, Any]) -> dict[str, Any]:
     finally:
         instance_init.fit_logistic, instance_init.fit_misvm = real_logistic, real_misvm
         os.chdir(cwd)
-    return {"scales": per_scale, "log": lines, "refit_cap": p.inst_init_refits}
+    heads = {s: head_digest(model.branches[s].instance_head) for s in per_scale}
+    return {"scales": per_scale, "log": lines, "refit_cap": p.inst_init_refits, "heads_sha256": heads}
+
+
+def head_digest(head: torch.nn.Module) -> str:
+    """sha256 of a linear head's weight and bias bytes (the fit's result, to compare runs exactly)."""
+    with torch.no_grad():
+        return hashlib.sha256(head.weight.numpy().tobytes() + head.bias.numpy().tobytes()).hexdigest()
 
 
 def main() -> None:

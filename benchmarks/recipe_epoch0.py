@@ -75,18 +75,24 @@ def prepare(cohort: str, seed: int, work: Path) -> Path:
     return unit
 
 
+def fold0_model(overrides: dict[str, Any]) -> tuple[Any, FeatureStore, dict[str, Any], Any, torch.nn.Module]:
+    """In a prepared unit folder (the working directory): its params with ``overrides``, store, fold 0's
+    split, model params and the model built from fold 0's prototypes as the trainer builds it (its seed)."""
+    p = make_params({**json.loads(Path("params.json").read_text()), **overrides})
+    store = FeatureStore(paths.STORE)
+    split = data_stages.load_split(paths.SPLIT)[0]
+    mp = model_params(p, store)
+    protos = load_prototypes(mp.scales, 0, paths.PROTOTYPES, None)
+    torch.manual_seed(member_seed(p.seed, 0, 0))
+    return p, store, split, mp, build_model_from_prototypes(mp, protos)
+
+
 def epoch0(unit: Path, overrides: dict[str, Any]) -> dict[str, Any]:
     """Test AUC (fused, per scale) and mean P(tumour) per class of the model right after ``inst_init``."""
     cwd = os.getcwd()
     os.chdir(unit)
     try:
-        p = make_params({**json.loads(Path("params.json").read_text()), **overrides})
-        store = FeatureStore(paths.STORE)
-        split = data_stages.load_split(paths.SPLIT)[0]
-        mp = model_params(p, store)
-        protos = load_prototypes(mp.scales, 0, paths.PROTOTYPES, None)
-        torch.manual_seed(member_seed(p.seed, 0, 0))
-        model = build_model_from_prototypes(mp, protos)
+        p, store, split, mp, model = fold0_model(overrides)
         lines: list[str] = []
         init_instance_heads(model, BagSet(store, split["train"], mp.scales), p, member_seed(p.seed, 0, 0),
                             "fold 0", log=lines.append)
