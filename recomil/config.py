@@ -196,6 +196,7 @@ class Params:
     inst_init_refits: int = 20
     inst_init_pick_folds: int = 3
     inst_init_head: str = "full"
+    inst_init_warm_start: bool = False
     inst_init_c: float = 0.01
     inst_init_rows: int = 100000
     patience: int = 10
