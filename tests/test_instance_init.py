@@ -422,7 +422,7 @@ def test_the_fit_runs_in_the_trainings_share_of_the_cores(project, tiny_params, 
     """Two queued trainings on a 2-core machine: each one's fit (numpy's BLAS as well as torch) runs in
     its share of the cores, as its epochs do, not in every core (their threads would spin against
     each other), and the process's thread counts are its share afterwards."""
-    from threadpoolctl import threadpool_info
+    from threadpoolctl import threadpool_info, threadpool_limits
 
     import recomil.training.trainer as trainer_module
 
@@ -442,7 +442,9 @@ def test_the_fit_runs_in_the_trainings_share_of_the_cores(project, tiny_params, 
     before = torch.get_num_threads()
     try:
         torch.set_num_threads(2)
-        train_stage.run_train(p, progress=False)
+        with threadpool_limits(2, user_api="blas"):  # BLAS on both cores, as a process started without a limit
+            assert {lib["num_threads"] for lib in threadpool_info() if lib["user_api"] == "blas"} == {2}
+            train_stage.run_train(p, progress=False)
     finally:
         torch.set_num_threads(before)
     assert seen and all(n == 1 and blas and set(blas) == {1} for n, blas in seen), seen
