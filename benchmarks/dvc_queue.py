@@ -32,6 +32,9 @@ import yaml
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
+sys.path.insert(0, str(REPO))
+
+from recomil.config import ConfigError, parse_overrides  # noqa: E402
 
 
 def _run(cmd: list[str], cwd: Path, env: dict[str, str]) -> str:
@@ -94,7 +97,10 @@ def main() -> None:
     ap.add_argument("--set", nargs="*", default=[], help="params for every experiment, key=value (YAML values)")
     ap.add_argument("--out", type=Path, default=HERE / "dvc_queue.md")
     args = ap.parse_args()
-    overrides = {k: yaml.safe_load(v) for k, v in (s.split("=", 1) for s in args.set)}
+    try:
+        overrides = parse_overrides(args.set)
+    except ConfigError as e:
+        ap.error(str(e))
     rows = []
     with tempfile.TemporaryDirectory(prefix="recomil-queue-") as tmp:
         dest, env = make_repo(Path(tmp), overrides)

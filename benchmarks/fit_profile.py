@@ -36,6 +36,7 @@ sys.path.insert(0, str(HERE))
 import recipe_epoch0  # noqa: E402
 
 import recomil.training.instance_init as instance_init  # noqa: E402
+from recomil.config import ConfigError, parse_overrides  # noqa: E402
 from recomil.training.bags import BagSet  # noqa: E402
 from recomil.training.trainer import member_seed  # noqa: E402
 
@@ -126,8 +127,10 @@ def main() -> None:
                          "regressions are counted as its own)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    overrides = {k: json.loads(v) if v[:1] in "0123456789-[{tf\"n" else v
-                 for k, v in (s.split("=", 1) for s in args.set)}
+    try:
+        overrides = parse_overrides(args.set)
+    except ConfigError as e:
+        ap.error(str(e))
     unit = recipe_epoch0.prepare(args.cohort, args.seed, args.work)
     result = profile(unit, overrides)
     commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=HERE, capture_output=True, text=True).stdout.strip()

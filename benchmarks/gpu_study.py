@@ -28,8 +28,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
@@ -71,11 +69,14 @@ def main() -> None:
     args = ap.parse_args()
     import torch
 
-    from recomil.config import make_params
+    from recomil.config import ConfigError, make_params, parse_overrides
     from recomil.data.demo import make_demo
     from recomil.pipeline import data_stages, evaluate_stage, prototypes_stage, train_stage
 
-    overrides = {k: yaml.safe_load(v) for k, v in (o.split("=", 1) for o in args.overrides)}
+    try:
+        overrides = parse_overrides(args.overrides)
+    except ConfigError as e:
+        ap.error(str(e))
     work = args.work.resolve()
     cohort = work / "cohort"
     project = work / f"project-{'-'.join(f'{k}{v}' for k, v in sorted(overrides.items())) or 'defaults'}"

@@ -424,6 +424,26 @@ def make_params(values: dict[str, Any] | None = None) -> Params:
     return p
 
 
+def parse_overrides(items: list[str]) -> dict[str, Any]:
+    """``KEY=VALUE`` strings, as ``dvc exp run -S`` reads them (the value as YAML: ``0.3``, ``true``,
+    ``novelty``, ``""``), to a dict; each key checked against the params.
+
+    Raises:
+        ConfigError: on an item without ``=``, an unknown key or a value YAML cannot read.
+    """
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"override {item!r}: expected KEY=VALUE, e.g. outlier_alpha_high=0.3")
+        try:
+            out[key] = yaml.safe_load(value) if value else ""
+        except yaml.YAMLError as e:
+            raise ConfigError(f"override {item!r}: the value is not valid YAML ({e})") from None
+    make_params(out)  # unknown keys, wrong types and bad values refused here, by name
+    return out
+
+
 class _UniqueKeyLoader(yaml.SafeLoader):
     """``yaml.safe_load`` that refuses a key written twice in one mapping (PyYAML keeps the last
     value silently; DVC refuses such a file, so the stages run outside DVC must too)."""

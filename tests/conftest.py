@@ -20,6 +20,15 @@ TINY = {
 
 REPO = Path(__file__).resolve().parents[1]
 
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # pytest -n N (pyproject's addopts: one test process per core): the processes share the cores, so
+    # each takes one thread (torch, OpenMP and BLAS); two-thread processes side by side would spin
+    # against each other. Tests that study thread counts set their own.
+    from threadpoolctl import threadpool_limits
+
+    os.environ["OMP_NUM_THREADS"] = "1"
+    threadpool_limits(1)
+
 
 @pytest.fixture(autouse=True)
 def _threads() -> None:

@@ -3,7 +3,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from recomil.config import ConfigError, Params, load_params, make_params, param_keys
+from recomil.config import ConfigError, Params, load_params, make_params, param_keys, parse_overrides
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -30,6 +30,21 @@ def test_every_param_is_declared_by_a_dvc_stage():
 def test_unknown_key_is_refused_with_the_closest_valid_key():
     with pytest.raises(ConfigError, match="'outlier_alpha_hgh' \\(did you mean 'outlier_alpha_high'\\?\\)"):
         make_params({"outlier_alpha_hgh": 0.3})
+
+
+def test_overrides_read_values_as_yaml_as_dvc_exp_run_does():
+    got = parse_overrides(["outlier_alpha_high=0.3", "inst_init_start=novelty", "class_weight=true",
+                           "feat_dim_high=null", "slides_dir=", "tie_break=none", "epochs=7"])
+    assert got == {"outlier_alpha_high": 0.3, "inst_init_start": "novelty", "class_weight": True,
+                   "feat_dim_high": None, "slides_dir": "", "tie_break": "none", "epochs": 7}
+
+
+@pytest.mark.parametrize("item,message", [("epochs", "expected KEY=VALUE"), ("=3", "expected KEY=VALUE"),
+                                          ("epoch=3", "'epoch' \\(did you mean 'epochs'"),
+                                          ("lr=[1", "not valid YAML")])
+def test_a_bad_override_is_refused_by_name(item, message):
+    with pytest.raises(ConfigError, match=message):
+        parse_overrides([item])
 
 
 @pytest.mark.parametrize("dataset,key", [("demo", "root_dir_high"), ("demo", "labels_csv"), ("folder", "test_csv"),

@@ -146,7 +146,10 @@ def plot_curves(rows: list[dict[str, Any]], path: Path, title: str) -> None:
     def series(key: str) -> list[float]:
         return [np.nan if r.get(key) is None else float(r[key]) for r in rows]
 
-    fig, axes = plt.subplots(2, 2, figsize=(11, 7), sharex=True)
+    # fixed margins rather than tight_layout, which draws the whole figure once more to measure it
+    fig, axes = plt.subplots(2, 2, figsize=(11, 7), sharex=True,
+                             gridspec_kw={"left": 0.06, "right": 0.95, "bottom": 0.08, "top": 0.91,
+                                          "wspace": 0.18, "hspace": 0.2})
     panels = [
         (axes[0, 0], "loss", [k for k in ("loss", "ce", "val_loss") if any(k in r for r in rows)]),
         (axes[0, 1], "validation", [k for k in ("val_auc", "val_acc") if any(k in r for r in rows)]),
@@ -174,7 +177,6 @@ def plot_curves(rows: list[dict[str, Any]], path: Path, title: str) -> None:
     for ax in axes[1]:
         ax.set_xlabel("epoch")
     fig.suptitle(title + (f" (dashed: selected epoch {best})" if best else ""), fontsize=11)
-    fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp.png")
     fig.savefig(tmp, dpi=90)
