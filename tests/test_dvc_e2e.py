@@ -101,13 +101,20 @@ def test_sweep_with_the_experiment_queue(repo):
     dest, env = repo
     for alpha in ("0.1", "0.4"):
         _run(["dvc", "exp", "run", "--queue", "-S", f"outlier_alpha_high={alpha}", "-n", f"alpha-{alpha}"], dest, env)
-    _run(["dvc", "queue", "start", "-j", "2"], dest, env)
-    deadline = time.time() + 900
+    # The queue's workers are forked from `dvc queue start` and inherit its stdout and stderr: with pipes
+    # (capture_output) the call would return only when the workers exit, i.e. after the whole sweep.
+    log = dest.parent / "queue_start.log"
+    with log.open("w") as fh:
+        res = subprocess.run(["dvc", "queue", "start", "-j", "2"], cwd=dest, env=env, stdout=fh,
+                             stderr=subprocess.STDOUT, timeout=300)
+    assert res.returncode == 0, log.read_text()
+    deadline = time.time() + 1800
     while time.time() < deadline:
         status = _run(["dvc", "queue", "status"], dest, env)
         if not any(word in status for word in ("Running", "Queued")):
             break
         time.sleep(5)
+    assert not any(word in status for word in ("Running", "Queued")), f"the sweep did not end in 30 min:\n{status}"
     assert "Failed" not in status, status
     out = _run(["dvc", "exp", "show", "--json"], dest, env)
     text = json.dumps(json.loads(out[out.index("["):out.rindex("]") + 1]))
