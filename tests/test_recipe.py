@@ -329,3 +329,77 @@ def test_patch_evidence_is_the_instance_heads_probability_under_the_stream_else_
         want = torch.sigmoid(out["instance_logits_high"]) if stream else out["attention_high"]
         assert np.allclose(extras[0]["evidence_high"], want.numpy(), atol=1e-6)
         assert np.allclose(extras[0]["attention_high"], out["attention_high"].numpy(), atol=1e-6)
+
+
+def _full_pass(monkeypatch) -> None:
+    """Make every branch run its full forward pass in training, as before the shortcut."""
+    from recomil.model.branch import ReCoBranch
+
+    monkeypatch.setattr(ReCoBranch, "attention_unused", property(lambda self: False))
+
+
+def test_training_skips_the_attention_head_when_the_top_patch_alone_is_the_slides_log_odds(monkeypatch):
+    """stream_weight 1 with an input-level instance head: the attention head's logits enter the slide's
+    log-odds multiplied by 0. Training's forward pass then skips it: the same logits and instance logits
+    as the full pass (one bag, and padded bags with a mask), the same gradient on the instance head, and
+    no gradient on the rest (the full pass gives it exactly 0)."""
+    from recomil.model import build_model
+
+    base = {"feat_dim_high": 8, "feat_dim_low": 6, "num_protos_high": 16, "num_protos_low": 8,
+            "embed_dim_high": 16, "embed_dim_low": 16, "inst_on": "input", "instance_stream": True}
+    torch.manual_seed(0)
+    model = build_model(make_params(base)).train()
+    assert all(b.attention_unused for b in model.branches.values())
+    for other in ({"stream_weight": 0.5}, {"inst_on": "tokens", "inst_init": "none"}, {"instance_stream": False}):
+        assert not build_model(make_params({**base, **other})).branches["high"].attention_unused
+    bags = [(torch.randn(30, 8) * 2, torch.randn(9, 6)), (torch.randn(21, 8), torch.randn(5, 6) + 1)]
+    padded_high, padded_low = torch.zeros(2, 30, 8), torch.zeros(2, 9, 6)
+    mask_high, mask_low = torch.zeros(2, 30, dtype=torch.bool), torch.zeros(2, 9, dtype=torch.bool)
+    for i, (h, lo) in enumerate(bags):
+        padded_high[i, :len(h)], padded_low[i, :len(lo)] = h, lo
+        mask_high[i, :len(h)], mask_low[i, :len(lo)] = True, True
+    padded_high[1, 21:] = 50.0  # padding the mask must keep out of the top patch
+    calls = [lambda: model(*bags[0]), lambda: model(*bags[1]),
+             lambda: model(padded_high, padded_low, mask_high=mask_high, mask_low=mask_low)]
+    head = [q for b in model.branches.values() for q in b.instance_head.parameters()]
+    rest = [q for n, q in model.named_parameters() if "instance_head" not in n and not n.startswith("fusion")]
+
+    def run(call):
+        model.zero_grad(set_to_none=True)
+        out = call()
+        (out["logits"][:, 1] - 0.3 * out["logits"][:, 0]).sum().backward()
+        return out, [q.grad.clone() for q in head], [q.grad for q in rest]
+
+    short = [run(c) for c in calls]
+    _full_pass(monkeypatch)
+    full = [run(c) for c in calls]
+    for (a, ga, ra), (b, gb, rb) in zip(short, full):
+        assert torch.equal(a["logits"], b["logits"]) and a["logits"].shape == b["logits"].shape
+        for s in ("high", "low"):
+            assert torch.equal(a[f"instance_logits_{s}"], b[f"instance_logits_{s}"])
+        assert all(torch.equal(x, y) for x, y in zip(ga, gb))
+        assert all(g is None for g in ra) and all(g is None or not g.any() for g in rb)
+    assert short[2][0]["logits"][1, 1] < 50  # the padded rows are not the second bag's top patch
+    assert torch.equal(short[2][0]["logits"][1], short[1][0]["logits"][0])
+
+
+def test_training_with_the_shortcut_gives_the_full_passs_run_bitwise(project, tiny_params, monkeypatch):
+    """At the defaults (stream_weight 1, inst_on input) a whole training with the shortcut logs the same
+    losses, gradient norms and validation figures, bitwise, and keeps the same instance heads, as one
+    that runs the attention head it does not use."""
+    p = dataclasses.replace(tiny_params, epochs=4, demo_train_slides=24)
+    prepare_demo(p)
+    runs = []
+    for full in (False, True):
+        if full:
+            _full_pass(monkeypatch)
+        train_stage.run_train(p, progress=False)
+        state = torch.load(paths.MODELS / "fold_0" / "best.pt", weights_only=True)
+        weights = state["state_dict"]
+        runs.append((pd.read_csv(paths.TRAIN_LOG / "fold_0.csv"),
+                     {k: v for k, v in weights.items() if "instance_head" in k or k.startswith("fusion")}))
+    (log_a, heads_a), (log_b, heads_b) = runs
+    for col in ("ce", "inst", "grad_norm_mean", "grad_norm_max", "val_loss", "val_auc"):
+        assert np.array_equal(log_a[col].to_numpy(), log_b[col].to_numpy()), col
+    assert heads_a.keys() == heads_b.keys() and len(heads_a) >= 5
+    assert all(torch.equal(heads_a[k], heads_b[k]) for k in heads_a)

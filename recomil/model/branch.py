@@ -187,7 +187,10 @@ class ReCoBranch(nn.Module):
             boosted), ``assignment`` ``[N]`` (nearest prototype at the first stage; eval mode only),
             ``instance_logits`` ``[N]`` float32 (with an instance head). For B bags the same with a
             leading ``B`` (``logits`` ``[B, C]``, ``attention`` ``[B, N]`` with 0 on padding, ...).
+            In training with :attr:`attention_unused`: ``logits`` and ``instance_logits`` alone.
         """
+        if self.training and self.attention_unused:
+            return self._top_patch_only(x, mask)
         sp = self.sp
         single = x.ndim == 2
         rows = x.shape[:-1]  # [N] or [B, N]
@@ -247,6 +250,24 @@ class ReCoBranch(nn.Module):
         if assignment is not None:
             out["assignment"] = assignment
         return out
+
+    @property
+    def attention_unused(self) -> bool:
+        """True when the slide's log-odds are the top patch of the input-level instance head alone
+        (``instance_stream``, ``stream_weight`` 1, ``inst_on: input``): the attention head's logits enter
+        them multiplied by 0, so nothing it computes has a gradient or a share in any prediction."""
+        return self.instance_stream and self.stream_weight == 1.0 and self.inst_on == "input"
+
+    def _top_patch_only(self, x: torch.Tensor, mask: torch.Tensor | None) -> dict[str, torch.Tensor]:
+        """Training's forward pass when :attr:`attention_unused`: the logits ``[0, max_i s_i]`` the full
+        pass gives (``[1, 2]``, or ``[B, 2]`` for padded bags) and ``instance_logits`` ``[N]`` / ``[B, N]``,
+        without the prototypes, enhancers and attention, whose output would be multiplied by 0 (and
+        whose weights then get no gradient: they stay as initialised). Evaluation still runs the full
+        pass, so attention and prototype assignments are reported as before."""
+        inst = self.instance_head(x.float()).squeeze(-1).float()
+        top = (inst if mask is None else inst.masked_fill(~mask, float("-inf"))).amax(-1)
+        logits = torch.stack([torch.zeros_like(top), top], dim=-1).view(-1, 2)
+        return {"logits": logits, "instance_logits": inst}
 
     def ortho_loss(self) -> torch.Tensor:
         """``L_orth`` of the raw prototypes, or of the projected ones with ``ortho_on_projected``."""
