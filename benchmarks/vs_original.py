@@ -182,6 +182,10 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "recomil-pick3": {"inst_init_pick_folds": 3, "inst_init_head": "bagged", "patience_on": "selection"},
     # ... and one fit on every slide
     "recomil-pick3-full": {"inst_init_pick_folds": 3, "inst_init_head": "full", "patience_on": "selection"},
+    # session 24: the instance loss's and the fit's positives per positive slide: k = max(1, floor(N p)), about
+    # 1 of a rare cohort's ~550 patches (the default 0.01: about 5, more than most rare slides' tumour patches)
+    "recomil-k1": {"inst_top_p": 0.002},
+    "recomil-inst03": {"lambda_inst": 0.3},       # a third of the instance-level loss's weight
     "recomil-bf16": {"amp": "bf16"},              # bf16 autocast whatever the bag size (amp: auto's choice on a
                                                   # bf16 CPU before it kept float32 for bags under 256 patches)
 }
