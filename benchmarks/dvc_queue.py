@@ -72,7 +72,13 @@ def run_queue(dest: Path, env: dict[str, str], n: int, jobs: int, tag: int) -> d
         _run(["dvc", "exp", "run", "--queue", "-n", name, "-S", f"outlier_alpha_high={0.1 + 0.05 * (tag + i):.3f}"],
              dest, env)
     started = time.perf_counter()
-    _run(["dvc", "queue", "start", "-j", str(jobs)], dest, env)
+    # its output to a file, not pipes: the queue's forked workers inherit them, so a captured call would
+    # return only when the last experiment ended (the loop below is what waits for them)
+    with open(dest.parent / f"queue-start-{tag}.log", "w") as log:
+        res = subprocess.run(["dvc", "queue", "start", "-j", str(jobs)], cwd=dest, env=env, stdout=log,
+                             stderr=subprocess.STDOUT)
+    if res.returncode != 0:
+        raise RuntimeError(f"dvc queue start failed:\n{(dest.parent / f'queue-start-{tag}.log').read_text()[-2000:]}")
     while True:
         time.sleep(5)
         status = _run(["dvc", "queue", "status"], dest, env)
